@@ -1,0 +1,89 @@
+import type { DType, Tensor } from '../tensor/tensor.js';
+import type { SysRoot } from './sysroot.js';
+
+/** The kinds of compute device aios knows. Adding one means one new probe file, nothing else. */
+export type DeviceKind = 'cpu' | 'cuda' | 'jetson' | 'edgetpu' | 'fpga';
+export const DEVICE_KINDS: readonly DeviceKind[] = ['cpu', 'cuda', 'jetson', 'edgetpu', 'fpga'];
+
+/**
+ * Model file formats. `tfjs-graph` / `tfjs-layers` are folders holding a TF.js `model.json`;
+ * `xclbin` is an FPGA kernel container; `tflite-edgetpu` is a .tflite compiled by edgetpu_compiler.
+ */
+export type ModelFormat = 'onnx' | 'tflite' | 'tflite-edgetpu' | 'tfjs-graph' | 'tfjs-layers' | 'xclbin';
+export const MODEL_FORMATS: readonly ModelFormat[] = ['onnx', 'tflite', 'tflite-edgetpu', 'tfjs-graph', 'tfjs-layers', 'xclbin'];
+
+/** Either ready, or unavailable with why and what to do about it. */
+export type DeviceStatus = { readonly state: 'ready' } | { readonly state: 'unavailable'; readonly reason: string; readonly fix: string };
+
+/**
+ * One compute device as a probe found it. `id` is stable across reboots where the hardware allows
+ * (PCI address, USB port path) and unique on the machine: `cuda:0000:01:00.0`, `edgetpu:usb-1-1`.
+ * `details` holds kind-specific facts (driver version, CUDA compute capability, JetPack release,
+ * DLA core count, ISA features) for display and placement; keys are camelCase, values JSON.
+ */
+export interface DeviceInfo {
+  readonly id: string;
+  readonly kind: DeviceKind;
+  readonly name: string;
+  readonly memoryBytes?: number;
+  readonly formats: readonly ModelFormat[];
+  readonly status: DeviceStatus;
+  readonly details?: Readonly<Record<string, unknown>>;
+}
+
+/** Finds the devices of one kind under a system root. Cheap, and never changes the system. */
+export interface DeviceProbe {
+  readonly kind: DeviceKind;
+  probe(sys: SysRoot): Promise<DeviceInfo[]>;
+}
+
+export type Support = { readonly ok: true } | { readonly ok: false; readonly reason: string; readonly fix: string };
+
+/** Name, dtype and shape of one model input or output; `null` marks a dynamic dimension. */
+export interface TensorSpec {
+  readonly name: string;
+  readonly dtype: DType;
+  readonly shape: readonly (number | null)[];
+}
+
+/** Where a model comes from: a file or folder on disk, with its format already known. */
+export interface ModelSource {
+  readonly path: string;
+  readonly format: ModelFormat;
+}
+
+export interface LoadOptions {
+  /** Threads for one inference (intra-op); engines choose a default from the device's cores. */
+  readonly threads?: number;
+  /** Graph optimisation level where the engine has one. */
+  readonly graphOptimization?: 'disabled' | 'basic' | 'extended' | 'all';
+  /** Engine-specific extras (for example TensorRT's engine cache folder). */
+  readonly engine?: Readonly<Record<string, unknown>>;
+}
+
+export type Feeds = Readonly<Record<string, Tensor>>;
+export type Outputs = Record<string, Tensor>;
+
+/**
+ * A model ready to run on one device. `run` calls may overlap; the engine serialises them where
+ * its runtime needs it. `dispose` releases native memory; calling `run` afterwards is an error.
+ */
+export interface LoadedModel {
+  readonly engine: string;
+  readonly device: DeviceInfo;
+  readonly inputs: readonly TensorSpec[];
+  readonly outputs: readonly TensorSpec[];
+  /** What actually executes, for reports: 'cpu', 'cuda', 'tensorrt', tfjs backend 'wasm', ... */
+  readonly backend: string;
+  run(feeds: Feeds): Promise<Outputs>;
+  dispose(): Promise<void>;
+}
+
+/** Runs one or more model formats on some device kinds. */
+export interface Engine {
+  readonly name: string;
+  readonly formats: readonly ModelFormat[];
+  /** Whether this engine can run on `device` here and now (library present, provider available). */
+  supports(device: DeviceInfo): Promise<Support>;
+  load(model: ModelSource, device: DeviceInfo, options?: LoadOptions): Promise<LoadedModel>;
+}

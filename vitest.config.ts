@@ -1,0 +1,11 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    // Native engines (onnxruntime, tfjs-wasm) hold process-wide state; forks isolate them.
+    pool: 'forks',
+  },
+});
