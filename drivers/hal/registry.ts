@@ -1,0 +1,150 @@
+import { PlacementError } from '../errors.js';
+import type { SysRoot } from './sysroot.js';
+import type { DeviceInfo, DeviceKind, DeviceProbe, Engine, ModelSource, Support } from './types.js';
+import { DEVICE_KINDS } from './types.js';
+
+/** A (device, engine) pair that can run a model. */
+export interface Placement {
+  readonly device: DeviceInfo;
+  readonly engine: Engine;
+}
+
+/** One pair the registry considered and why it was refused; PlacementError lists them all. */
+export interface Refusal {
+  readonly device: string;
+  readonly engine?: string;
+  readonly reason: string;
+  readonly fix?: string;
+}
+
+/**
+ * Which devices to try, best first. Each entry is a device kind (`cuda`) or a device id
+ * (`cuda:0000:01:00.0`). Empty or absent means every device, in probe priority order.
+ */
+export type DevicePreference = readonly string[];
+
+/**
+ * The HAL: the device probes and inference engines one process knows, each with a priority.
+ * An instance, not a global, so every test builds its own; `drivers/builtin.ts` fills the one
+ * production registry. Nothing outside the probes and engines switches on a device kind.
+ */
+export class HalRegistry {
+  private readonly probeEntries: { probe: DeviceProbe; priority: number }[] = [];
+  private readonly engineEntries: { engine: Engine; priority: number }[] = [];
+
+  /**
+   * Adds a probe or an engine. Higher priority probes' devices come first when the caller gives
+   * no preference (accelerators above the CPU); higher priority engines are tried first for a
+   * format two engines share.
+   */
+  register(part: DeviceProbe | Engine, priority = 0): this {
+    if ('probe' in part) {
+      if (this.probeEntries.some((e) => e.probe.kind === part.kind)) throw new Error(`A probe for '${part.kind}' devices is already registered.`);
+      this.probeEntries.push({ probe: part, priority });
+      this.probeEntries.sort((a, b) => b.priority - a.priority);
+    } else {
+      if (this.engineEntries.some((e) => e.engine.name === part.name)) throw new Error(`An engine named '${part.name}' is already registered.`);
+      this.engineEntries.push({ engine: part, priority });
+      this.engineEntries.sort((a, b) => b.priority - a.priority);
+    }
+    return this;
+  }
+
+  get probes(): readonly DeviceProbe[] {
+    return this.probeEntries.map((e) => e.probe);
+  }
+
+  get engines(): readonly Engine[] {
+    return this.engineEntries.map((e) => e.engine);
+  }
+
+  engine(name: string): Engine | undefined {
+    return this.engineEntries.find((e) => e.engine.name === name)?.engine;
+  }
+
+  /**
+   * Runs every probe over `sys`, in priority order. A probe that throws (a bug, or a system file
+   * in a shape nobody has seen) does not hide the other devices: it shows up as one unavailable
+   * entry naming the failure, so `aios devices` still tells the truth about the rest.
+   */
+  async discover(sys: SysRoot): Promise<DeviceInfo[]> {
+    const results = await Promise.all(
+      this.probeEntries.map(async ({ probe }): Promise<DeviceInfo[]> => {
+        try {
+          return await probe.probe(sys);
+        } catch (error) {
+          return [{
+            id: `${probe.kind}:probe-error`,
+            kind: probe.kind,
+            name: `${probe.kind} probe failed`,
+            formats: [],
+            status: {
+              state: 'unavailable',
+              reason: `the ${probe.kind} probe failed: ${error instanceof Error ? error.message : String(error)}`,
+              fix: `report this with the output of 'aios devices --debug' and the files under ${sys.root} it reads`,
+            },
+          }];
+        }
+      }),
+    );
+    return results.flat();
+  }
+
+  /**
+   * Chooses where `model` runs: the first device in preference order whose status is ready, that
+   * lists the model's format, and that some engine for the format supports here. When nothing
+   * fits, throws PlacementError `EAI_HAL_NO_DEVICE` listing every pair tried and why it was
+   * refused, so the user sees at once whether to install a library or change the preference.
+   */
+  async place(model: ModelSource, devices: readonly DeviceInfo[], preference: DevicePreference = []): Promise<Placement> {
+    const ordered = orderDevices(devices, preference);
+    const refusals: Refusal[] = [];
+    const engines = this.engines.filter((e) => e.formats.includes(model.format));
+    if (engines.length === 0) {
+      throw new PlacementError('EAI_HAL_NO_ENGINE', `No engine runs ${model.format} models (${model.path}). Engines registered: ${this.engines.map((e) => `${e.name} (${e.formats.join(', ')})`).join('; ') || 'none'}.`, { details: { model: model.path, format: model.format } });
+    }
+    for (const device of ordered) {
+      if (device.status.state !== 'ready') {
+        refusals.push({ device: device.id, reason: device.status.reason, fix: device.status.fix });
+        continue;
+      }
+      if (!device.formats.includes(model.format)) {
+        refusals.push({ device: device.id, reason: `${device.kind} devices do not run ${model.format} models (they run ${device.formats.join(', ') || 'nothing'})` });
+        continue;
+      }
+      for (const engine of engines) {
+        let support: Support;
+        try {
+          support = await engine.supports(device);
+        } catch (error) {
+          support = { ok: false, reason: `checking support failed: ${error instanceof Error ? error.message : String(error)}`, fix: 'run with --debug and report it' };
+        }
+        if (support.ok) return { device, engine };
+        refusals.push({ device: device.id, engine: engine.name, reason: support.reason, fix: support.fix });
+      }
+    }
+    const wanted = preference.length === 0 ? 'any device' : `devices [${preference.join(', ')}]`;
+    const lines = refusals.map((r) => `  - ${r.device}${r.engine ? ` with ${r.engine}` : ''}: ${r.reason}${r.fix ? ` (fix: ${r.fix})` : ''}`);
+    if (ordered.length === 0) lines.push(`  - no device matches; this machine has: ${devices.map((d) => d.id).join(', ') || 'no devices'}`);
+    throw new PlacementError('EAI_HAL_NO_DEVICE', `Cannot run ${model.path} (${model.format}) on ${wanted}:\n${lines.join('\n')}`, { details: { model: model.path, format: model.format, preference, refusals } });
+  }
+}
+
+/**
+ * Devices in preference order. A kind entry selects every device of that kind (in discovery
+ * order), an id entry that one device; duplicates keep their first place. An entry that is
+ * neither a known kind nor a present id is an error, since a typo would otherwise silently
+ * fall through to the CPU.
+ */
+export function orderDevices(devices: readonly DeviceInfo[], preference: DevicePreference): DeviceInfo[] {
+  if (preference.length === 0) return [...devices];
+  const out: DeviceInfo[] = [];
+  for (const entry of preference) {
+    const matches = (DEVICE_KINDS as readonly string[]).includes(entry) ? devices.filter((d) => d.kind === (entry as DeviceKind)) : devices.filter((d) => d.id === entry);
+    if (matches.length === 0 && !(DEVICE_KINDS as readonly string[]).includes(entry)) {
+      throw new PlacementError('EAI_HAL_UNKNOWN_DEVICE', `Unknown device '${entry}'. Use a device kind (${DEVICE_KINDS.join(', ')}) or an id from 'aios devices' (${devices.map((d) => d.id).join(', ') || 'none found'}).`, { details: { device: entry } });
+    }
+    for (const d of matches) if (!out.includes(d)) out.push(d);
+  }
+  return out;
+}
