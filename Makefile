@@ -1,0 +1,59 @@
+# aios — every target installs what it needs first, so `make run` and `make test` work on a fresh
+# Debian/Ubuntu machine. Debian packages are installed when running as root; otherwise the exact
+# apt-get command is printed and the targets go on (tests that need a missing tool say so and skip).
+
+SHELL := /bin/bash
+NODE_BIN := node_modules/.bin
+# Debian packages the test suite uses: numpy checks our .npy files against NumPy itself.
+APT_PACKAGES := python3-numpy
+
+.PHONY: all setup apt build run test bench lint clean
+
+all: build
+
+setup: node_modules/.installed apt
+
+node_modules/.installed: package.json package-lock.json .npmrc
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); if (a<20) { console.error("aios needs Node.js >= 20, found " + process.version + ". Install nodejs 20 or newer."); process.exit(1) }'
+	npm ci --no-audit --no-fund
+	@touch $@
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages: $$missing"; \
+	  (apt-get install -y --no-install-recommends $$missing || (apt-get update && apt-get install -y --no-install-recommends $$missing)) >/dev/null; \
+	else \
+	  echo "note: some tests need Debian packages that are not installed; run: sudo apt-get install -y $$missing"; \
+	fi
+
+build: node_modules/.installed
+	$(NODE_BIN)/tsc -p tsconfig.json
+	@chmod +x dist/deploy/cli/main.js
+
+# The main demo: what this machine has, then a real face detector on a real photo and a photo
+# without a face, through the same InferenceService API applications use.
+run: build
+	node dist/deploy/cli/main.js devices
+	@echo
+	node dist/examples/face-score.js models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx \
+	  test/fixtures/inputs/blazeface128-face.npy test/fixtures/inputs/blazeface128-noface.npy
+	@echo
+	node dist/deploy/cli/main.js infer models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx \
+	  --input input:0=test/fixtures/inputs/blazeface128-face.npy
+
+test: setup
+	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
+	node scripts/check-layers.mjs
+	$(NODE_BIN)/vitest run
+
+bench: build
+	node dist/bench/inference-overhead.js
+
+lint: node_modules/.installed
+	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
+	node scripts/check-layers.mjs
+
+clean:
+	rm -rf dist coverage

@@ -1,0 +1,51 @@
+import { Command, CommanderError } from 'commander';
+import { AiosError } from '../../drivers/errors.js';
+import { devicesCommand } from './commands/devices.js';
+import { inferCommand } from './commands/infer.js';
+import { VERSION } from '../../runtime/version.js';
+
+/**
+ * The `aios` command line. Every command prints human text by default and JSON with `--json`;
+ * failures print one line `error EAI_CODE: message` to stderr and exit non-zero, with the stack
+ * only under `--debug`, so scripts can match on the code and users read what to do next.
+ */
+export function buildProgram(): Command {
+  const program = new Command('aios')
+    .description('On-device AI runtime for autonomous machines: finds accelerators, runs models, syncs with the fleet.')
+    .version(VERSION, '-V, --version', 'print the aios version')
+    .option('--debug', 'print stack traces and native errors in full')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureHelp({ sortSubcommands: true });
+  for (const command of [program, devicesCommand(), inferCommand()]) {
+    // Commander's own parse errors (unknown option, missing argument) get the same
+    // `error CODE: message` shape as ours, and help goes to stdout.
+    command.exitOverride().configureOutput({ outputError: (text, write) => write(`error EAI_CLI_USAGE: ${text.replace(/^error: /u, '')}`) });
+    if (command !== program) program.addCommand(command);
+  }
+  return program;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return 0;
+  } catch (error) {
+    return report(error, argv.includes('--debug'));
+  }
+}
+
+function report(error: unknown, debug: boolean): number {
+  if (error instanceof CommanderError) {
+    // Help and --version arrive here as "errors" with exit code 0; commander already printed them.
+    return error.exitCode === 0 ? 0 : 2;
+  }
+  if (error instanceof AiosError) {
+    process.stderr.write(`error ${error.code}: ${error.message}\n`);
+    if (debug) process.stderr.write(`${error.stack ?? ''}\n${error.cause ? `caused by: ${String((error.cause as Error).stack ?? error.cause)}\n` : ''}`);
+    return error.code === 'EAI_CLI_USAGE' ? 2 : 1;
+  }
+  process.stderr.write(`error EAI_INTERNAL: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.stderr.write(debug ? `${(error as Error).stack ?? ''}\n` : 'This is a bug in aios; run again with --debug and report the output.\n');
+  return 70;
+}

@@ -1,0 +1,128 @@
+import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../../../../deploy/cli/program.js';
+import { readNpy } from '../../../../drivers/tensor/npy.js';
+
+const repo = path.resolve(import.meta.dirname, '../../../..');
+const BLAZEFACE = path.join(repo, 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx');
+const SILERO = path.join(repo, 'models/zoo/silero-vad-v4/silero_vad.onnx');
+const FACE = path.join(repo, 'test/fixtures/inputs/blazeface128-face.npy');
+const sysroot = (name: string): string => path.join(repo, 'test/fixtures/sysroots', name);
+
+/** Runs the CLI in-process and captures what it prints. */
+async function aios(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const out = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+    stdout += String(chunk);
+    return true;
+  });
+  const err = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+    stderr += String(chunk);
+    return true;
+  });
+  try {
+    const code = await main(argv);
+    return { code, stdout, stderr };
+  } finally {
+    out.mockRestore();
+    err.mockRestore();
+  }
+}
+
+let tmp: string;
+beforeAll(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), 'aios-cli-'));
+});
+afterEach(() => vi.restoreAllMocks());
+
+describe('aios devices', () => {
+  it('prints a table for this machine with the CPU ready', async () => {
+    const r = await aios('devices');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^ID\s+KIND\s+NAME\s+MEMORY\s+FORMATS\s+STATUS/u);
+    expect(r.stdout).toMatch(/cpu:0\s+cpu\s+.*ready/u);
+  });
+
+  it('--json gives DeviceInfo objects for a captured H200 machine', async () => {
+    const r = await aios('devices', '--sysroot', sysroot('x86-h200-server'), '--json');
+    expect(r.code).toBe(0);
+    const devices = JSON.parse(r.stdout) as { id: string; kind: string; name: string; memoryBytes: number; status: { state: string } }[];
+    const gpu = devices.find((d) => d.kind === 'cuda');
+    expect(gpu).toMatchObject({ id: 'cuda:0000:00:06.0', name: 'NVIDIA H200', memoryBytes: 143771 * 1024 * 1024, status: { state: 'ready' } });
+    expect(devices.find((d) => d.kind === 'cpu')?.id).toBe('cpu:0');
+  });
+
+  it('a sysroot that does not exist is EAI_SYSROOT_NOT_FOUND, exit 1, no stack', async () => {
+    const r = await aios('devices', '--sysroot', '/no/such/root');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^error EAI_SYSROOT_NOT_FOUND: System root '\/no\/such\/root' does not exist/u);
+    expect(r.stderr).not.toMatch(/\n\s+at /u);
+  });
+
+  it('--debug adds the stack', async () => {
+    const r = await aios('--debug', 'devices', '--sysroot', '/no/such/root');
+    expect(r.stderr).toMatch(/\n\s+at /u);
+  });
+});
+
+describe('aios infer', () => {
+  it('prints each output with dtype, shape and summary', async () => {
+    const r = await aios('infer', BLAZEFACE, '--input', `input:0=${FACE}`, '--device', 'cpu');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('device  cpu:0 (onnxruntime, cpu)');
+    expect(r.stdout).toMatch(/Identity:0\s+float32\s+\[1, 512, 1\]/u);
+    expect(r.stdout).toMatch(/Identity_3:0\s+float32\s+\[1, 384, 16\]/u);
+  });
+
+  it('--json and --out give the outputs as data and as .npy files', async () => {
+    const out = path.join(tmp, 'out');
+    const r = await aios('infer', BLAZEFACE, '-i', FACE, '--json', '--out', out);
+    expect(r.code).toBe(0);
+    const json = JSON.parse(r.stdout) as { device: string; engine: string; outputs: Record<string, { dtype: string; shape: number[]; data: number[] }> };
+    expect(json.engine).toBe('onnxruntime');
+    expect(json.outputs['Identity:0']?.shape).toEqual([1, 512, 1]);
+    expect(json.outputs['Identity:0']?.data).toHaveLength(512);
+    expect((await readdir(out)).sort()).toEqual(['Identity_0.npy', 'Identity_1_0.npy', 'Identity_2_0.npy', 'Identity_3_0.npy']);
+    const saved = await readNpy(path.join(out, 'Identity_0.npy'));
+    expect(Array.from(saved.data as Float32Array)).toEqual(json.outputs['Identity:0']?.data);
+  });
+
+  const failures: [string, string[], RegExp][] = [
+    ['missing model', ['/no/model.onnx', '-i', FACE], /^error EAI_MODEL_NOT_FOUND: Model '\/no\/model.onnx' does not exist/u],
+    ['wrong input name', [BLAZEFACE, '-i', `image=${FACE}`], /^error EAI_MODEL_INPUT_UNKNOWN: .*has no input named 'image'/u],
+    ['unknown device kind', [BLAZEFACE, '-i', FACE, '--device', 'tpu'], /^error EAI_HAL_UNKNOWN_DEVICE: Unknown device 'tpu'/u],
+    ['missing .npy', [BLAZEFACE, '-i', 'input:0=/no/x.npy'], /^error EAI_NPY_NOT_FOUND: .*\/no\/x.npy/u],
+    ['no inputs', [BLAZEFACE], /^error EAI_CLI_USAGE: No inputs given/u],
+    ['unnamed input for a multi-input model', [SILERO, '-i', FACE], /^error EAI_CLI_USAGE: The model has 4 inputs/u],
+    ['bad thread count', [BLAZEFACE, '-i', FACE, '--threads', 'zero'], /^error EAI_CLI_USAGE: --threads must be a positive integer/u],
+  ];
+  for (const [label, args, message] of failures) {
+    it(`${label}: clear error, non-zero exit, no stack`, async () => {
+      const r = await aios('infer', ...args);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr).not.toMatch(/\n\s+at /u);
+    });
+  }
+
+  it('a corrupt model file and a malformed .npy are reported with their codes', async () => {
+    const corrupt = path.join(tmp, 'corrupt.onnx');
+    await writeFile(corrupt, 'this is not a model');
+    const r1 = await aios('infer', corrupt, '-i', FACE);
+    expect(r1.stderr).toMatch(/^error EAI_MODEL_CORRUPT: .*corrupt.onnx/u);
+    const bad = path.join(tmp, 'bad.npy');
+    await writeFile(bad, 'not numpy at all');
+    const r2 = await aios('infer', BLAZEFACE, '-i', `input:0=${bad}`);
+    expect(r2.stderr).toMatch(/^error EAI_NPY_MAGIC: /u);
+    expect(r2.code).toBe(1);
+  });
+
+  it('--help lists every option', async () => {
+    const r = await aios('infer', '--help');
+    for (const flag of ['--input', '--device', '--threads', '--out', '--json']) expect(r.stdout).toContain(flag);
+    expect(r.code).toBe(0);
+  });
+});
