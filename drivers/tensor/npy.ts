@@ -80,8 +80,10 @@ export function decodeNpy(bytes: Uint8Array, source: string = DEFAULT_SOURCE): T
   const reorder = header.fortranOrder && header.shape.length > 1 && size > 0;
   if (!swap && !reorder && start % itemsize === 0) return Tensor.fromBytes(dtype, header.shape, bytes.buffer, start);
 
-  // slice() gives a fresh buffer at offset 0, so every path below is aligned and owns its bytes.
-  let data = bytes.slice(dataOffset, dataOffset + byteLength);
+  // A copy at offset 0 of a fresh buffer, so every path below is aligned and owns its bytes.
+  // Not bytes.slice(): on a Node Buffer (what readFile gives) slice() is a view, and the swap
+  // below would then scribble on the caller's bytes.
+  let data = new Uint8Array(bytes.subarray(dataOffset, dataOffset + byteLength));
   if (swap) swapBytesInPlace(data, itemsize);
   if (reorder) data = fortranToC(data, header.shape, itemsize);
   return Tensor.fromBytes(dtype, header.shape, data.buffer, 0);
@@ -263,10 +265,11 @@ function parseDescr(descr: PyValue, source: string): { dtype: DType; swap: boole
     throw fail(`the array has a structured dtype (fields ${names.join(', ')})`, 'Save each field as its own array: np.save(path, a[name]).');
   }
   if (typeof descr !== 'string') throw fail(`'descr' ${describe(descr)} is not a dtype string`, 'Re-save the array with numpy.save().');
-  const m = /^([<>=|]?)([a-zA-Z])(\d*)$/.exec(descr);
+  // Order mark, kind letter, item size, and the unit datetimes carry ('<M8[ns]').
+  const m = /^([<>=|]?)([a-zA-Z])(\d*)(\[\w+\])?$/.exec(descr);
   const order = m?.[1] ?? '';
   const kind = m?.[2] ?? '';
-  const dtype = DESCR_TO_DTYPE[kind + (m?.[3] ?? '')];
+  const dtype = m?.[4] === undefined ? DESCR_TO_DTYPE[kind + (m?.[3] ?? '')] : undefined;
   if (dtype === undefined) {
     const cast = 'Convert it first, e.g. np.save(path, a.astype(np.float32)).';
     if (kind === 'O') throw fail(`dtype '${descr}' is an object array (pickled Python objects), which aios will not unpickle`, cast);
@@ -332,7 +335,7 @@ function swapBytesInPlace(b: Uint8Array, itemsize: number): void {
  * Fortran-order (first axis fastest) element bytes to C order (last axis fastest). `src` must
  * start on an element-aligned offset (the caller passes a fresh copy).
  */
-function fortranToC(src: Uint8Array, shape: readonly number[], itemsize: number): Uint8Array {
+function fortranToC(src: Uint8Array<ArrayBuffer>, shape: readonly number[], itemsize: number): Uint8Array<ArrayBuffer> {
   const rank = shape.length;
   const count = shapeSize(shape);
   const out = new Uint8Array(count * itemsize);

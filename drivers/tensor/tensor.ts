@@ -71,15 +71,12 @@ export class Tensor<D extends DType = DType> {
   readonly data: DTypeArrays[D];
 
   constructor(dtype: D, shape: readonly number[], data: DTypeArrays[D]) {
-    if (!isDType(dtype)) throw new TensorError('EAI_TENSOR_DTYPE', `Unknown dtype '${String(dtype)}'. Use one of: ${DTYPES.join(', ')}.`);
-    for (const d of shape) {
-      if (!Number.isInteger(d) || d < 0) {
-        throw new TensorError('EAI_TENSOR_SHAPE', `Invalid shape [${shape.join(', ')}]: every dimension must be a non-negative integer.`);
-      }
-    }
+    checkDType(dtype);
+    checkShape(shape);
     const ctor = CTORS[dtype];
     if (!(data instanceof (ctor as unknown as typeof Uint8Array))) {
-      throw new TensorError('EAI_TENSOR_DTYPE', `A ${dtype} tensor needs a ${ctor.name}, got ${(data as object).constructor.name}.`);
+      const got = typeof data === 'object' && data !== null ? (data as object).constructor.name : String(data);
+      throw new TensorError('EAI_TENSOR_DTYPE', `A ${dtype} tensor needs a ${ctor.name}, got ${got}.`);
     }
     const size = shapeSize(shape);
     if (data.length !== size) {
@@ -92,6 +89,8 @@ export class Tensor<D extends DType = DType> {
 
   /** A zero-filled tensor. */
   static zeros<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D> {
+    checkDType(dtype);
+    checkShape(shape);
     return new Tensor(dtype, shape, new CTORS[dtype](shapeSize(shape)) as DTypeArrays[D]);
   }
 
@@ -100,7 +99,12 @@ export class Tensor<D extends DType = DType> {
    * size (typed arrays require it); callers holding unaligned bytes should copy first.
    */
   static fromBytes<D extends DType>(dtype: D, shape: readonly number[], buffer: ArrayBufferLike, byteOffset = 0): Tensor<D> {
+    checkDType(dtype);
+    checkShape(shape);
     const ctor = CTORS[dtype];
+    if (!Number.isInteger(byteOffset) || byteOffset < 0) {
+      throw new TensorError('EAI_TENSOR_ALIGNMENT', `Byte offset ${byteOffset} must be a non-negative integer.`);
+    }
     if (byteOffset % ctor.BYTES_PER_ELEMENT !== 0) {
       throw new TensorError('EAI_TENSOR_ALIGNMENT', `Byte offset ${byteOffset} is not a multiple of ${ctor.BYTES_PER_ELEMENT} (the size of ${dtype}); copy the bytes to an aligned buffer first.`);
     }
@@ -169,6 +173,18 @@ export class Tensor<D extends DType = DType> {
   }
 }
 
+function checkDType(dtype: string): void {
+  if (!isDType(dtype)) throw new TensorError('EAI_TENSOR_DTYPE', `Unknown dtype '${String(dtype)}'. Use one of: ${DTYPES.join(', ')}.`);
+}
+
+function checkShape(shape: readonly number[]): void {
+  for (const d of shape) {
+    if (!Number.isInteger(d) || d < 0) {
+      throw new TensorError('EAI_TENSOR_SHAPE', `Invalid shape [${shape.join(', ')}]: every dimension must be a non-negative integer.`);
+    }
+  }
+}
+
 /** IEEE-754 binary16 bits to a JS number. */
 export function halfToFloat(bits: number): number {
   const sign = bits & 0x8000 ? -1 : 1;
@@ -179,31 +195,29 @@ export function halfToFloat(bits: number): number {
   return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
 }
 
-/** A JS number to IEEE-754 binary16 bits, rounding to nearest even. */
+/**
+ * A JS number to IEEE-754 binary16 bits, rounding to nearest even straight from the float64
+ * value (going through float32 first would round twice and be off by one ulp at ties).
+ */
 export function floatToHalf(value: number): number {
-  const f32 = new Float32Array(1);
-  const u32 = new Uint32Array(f32.buffer);
-  f32[0] = value;
-  const x = u32[0] ?? 0;
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let half = mant >> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && (half & 1))) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (half & 1))) half++;
-  e = half;
-  return sign | e;
+  if (Number.isNaN(value)) return 0x7e00;
+  const sign = value < 0 || Object.is(value, -0) ? 0x8000 : 0;
+  const a = Math.abs(value);
+  // 65520 is halfway between the largest half (65504) and 2^16; ties go to even, i.e. infinity.
+  if (a >= 65520) return sign | 0x7c00;
+  if (a < 2 ** -14) return sign | roundHalfEven(a * 2 ** 24); // subnormal: units of 2^-24 (exact)
+  let e = Math.floor(Math.log2(a));
+  // log2 can be off by one near powers of two; fix it exactly.
+  if (2 ** e > a) e--;
+  else if (2 ** (e + 1) <= a) e++;
+  const mantissa = roundHalfEven((a / 2 ** e) * 1024); // in [1024, 2048]; 2048 carries into the exponent
+  return sign | (((e + 15) << 10) + mantissa - 1024);
+}
+
+function roundHalfEven(x: number): number {
+  const floor = Math.floor(x);
+  const rest = x - floor;
+  if (rest > 0.5) return floor + 1;
+  if (rest < 0.5) return floor;
+  return floor % 2 === 0 ? floor : floor + 1;
 }
