@@ -246,9 +246,8 @@ describe('float16 conversion', () => {
     );
   });
 
-  // Known bug in tensor.ts (see the npy report): floatToHalf rounds through float32 first, so a
-  // double just above a half-way point can land exactly on it in float32 and then round down to
-  // even: a double rounding. Flip to it() once floatToHalf rounds from the float64 bits.
+  // Rounding through float32 first would land this double exactly on a half-way point and then
+  // round down to even: a double rounding.
   it('rounds a float64 just above a tie up (no double rounding through float32)', () => {
     expect(floatToHalf(1 + 2 ** -11 + 2 ** -40)).toBe(0x3c01);
   });
