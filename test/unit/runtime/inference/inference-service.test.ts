@@ -54,7 +54,7 @@ describe('InferenceService', () => {
   });
 
   it('refuses to start when the model does not fit in the device memory, and holds nothing', async () => {
-    const pool = new ResourcePool([cpu(1 * MiB)]);
+    const pool = new ResourcePool([cpu(100 * 1024)]); // the model file alone is 442 kB
     const service = new InferenceService(BLAZEFACE, { pool });
     await expect(service.start()).rejects.toMatchObject({ code: 'EAI_POOL_NO_MEMORY' });
     expect(pool.usage('cpu:0').reservations).toHaveLength(0);
