@@ -45,7 +45,8 @@ function report(error: unknown, debug: boolean): number {
     if (debug) process.stderr.write(`${error.stack ?? ''}\n${error.cause ? `caused by: ${String((error.cause as Error).stack ?? error.cause)}\n` : ''}`);
     return error.code === 'EAI_CLI_USAGE' ? 2 : 1;
   }
-  process.stderr.write(`error EAI_INTERNAL: ${error instanceof Error ? error.message : String(error)}\n`);
+  const code = 'EAI_INTERNAL';
+  process.stderr.write(`error ${code}: ${error instanceof Error ? error.message : String(error)}\n`);
   process.stderr.write(debug ? `${(error as Error).stack ?? ''}\n` : 'This is a bug in aios; run again with --debug and report the output.\n');
   return 70;
 }
