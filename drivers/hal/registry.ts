@@ -17,6 +17,9 @@ export interface Refusal {
   readonly fix?: string;
 }
 
+/** Whether one engine can run work on one device here, as `aios devices` reports it. */
+export type EngineSupport = { readonly engine: string } & Support;
+
 /**
  * Which devices to try, best first. Each entry is a device kind (`cuda`) or a device id
  * (`cuda:0000:01:00.0`). Empty or absent means every device, in probe priority order.
@@ -91,6 +94,15 @@ export class HalRegistry {
   }
 
   /**
+   * For each engine that reads a format the device runs: can it run there now, and if not, why.
+   * Engines check this machine's libraries, so this answers for the live system only.
+   */
+  async support(device: DeviceInfo): Promise<EngineSupport[]> {
+    const engines = this.engines.filter((e) => e.formats.some((f) => device.formats.includes(f)));
+    return Promise.all(engines.map(async (engine) => ({ engine: engine.name, ...(await checkSupport(engine, device)) })));
+  }
+
+  /**
    * Chooses where `model` runs: the first device in preference order whose status is ready, that
    * lists the model's format, and that some engine for the format supports here. When nothing
    * fits, throws PlacementError `EAI_HAL_NO_DEVICE` listing every pair tried and why it was
@@ -113,12 +125,7 @@ export class HalRegistry {
         continue;
       }
       for (const engine of engines) {
-        let support: Support;
-        try {
-          support = await engine.supports(device);
-        } catch (error) {
-          support = { ok: false, reason: `checking support failed: ${error instanceof Error ? error.message : String(error)}`, fix: 'run with --debug and report it' };
-        }
+        const support = await checkSupport(engine, device);
         if (support.ok) return { device, engine };
         refusals.push({ device: device.id, engine: engine.name, reason: support.reason, fix: support.fix });
       }
@@ -127,6 +134,15 @@ export class HalRegistry {
     const lines = refusals.map((r) => `  - ${r.device}${r.engine ? ` with ${r.engine}` : ''}: ${r.reason}${r.fix ? ` (fix: ${r.fix})` : ''}`);
     if (ordered.length === 0) lines.push(`  - no device matches; this machine has: ${devices.map((d) => d.id).join(', ') || 'no devices'}`);
     throw new PlacementError('EAI_HAL_NO_DEVICE', `Cannot run ${model.path} (${model.format}) on ${wanted}:\n${lines.join('\n')}`, { details: { model: model.path, format: model.format, preference, refusals } });
+  }
+}
+
+/** An engine's answer, with a thrown error turned into a refusal so one engine cannot hide the rest. */
+async function checkSupport(engine: Engine, device: DeviceInfo): Promise<Support> {
+  try {
+    return await engine.supports(device);
+  } catch (error) {
+    return { ok: false, reason: `checking support failed: ${error instanceof Error ? error.message : String(error)}`, fix: 'run with --debug and report it' };
   }
 }
 

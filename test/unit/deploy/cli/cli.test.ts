@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -42,8 +42,40 @@ describe('aios devices', () => {
   it('prints a table for this machine with the CPU ready', async () => {
     const r = await aios('devices');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^ID\s+KIND\s+NAME\s+MEMORY\s+FORMATS\s+STATUS/u);
-    expect(r.stdout).toMatch(/cpu:0\s+cpu\s+.*ready/u);
+    expect(r.stdout).toMatch(/^ID\s+KIND\s+NAME\s+MEMORY\s+FORMATS\s+STATUS\s+ENGINES/u);
+    expect(r.stdout).toMatch(/cpu:0\s+cpu\s+.*ready\s+onnxruntime,tfjs/u);
+  });
+
+  it('--json on this machine says which engines can use each ready device', async () => {
+    const r = await aios('devices', '--json');
+    const devices = JSON.parse(r.stdout) as { id: string; engines?: { engine: string; ok: boolean }[] }[];
+    expect(devices.find((d) => d.id === 'cpu:0')?.engines).toEqual([{ engine: 'onnxruntime', ok: true }, { engine: 'tfjs', ok: true }]);
+    const plain = JSON.parse((await aios('devices', '--json', '--no-engines')).stdout) as { engines?: unknown }[];
+    expect(plain.every((d) => d.engines === undefined)).toBe(true);
+  });
+
+  it('shows a captured machine without engine checks (they load this machine\'s libraries)', async () => {
+    const r = await aios('devices', '--sysroot', sysroot('x86-rtx4090'));
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/cuda:0000:01:00.0\s+cuda\s+NVIDIA GeForce RTX 4090\s+24.0 GiB/u);
+    expect(r.stdout).not.toContain('ENGINES');
+  });
+
+  it('prints reason and fix under the table for an unavailable device', async () => {
+    // A Raspberry Pi with a Coral USB stick plugged in but no Edge TPU runtime installed.
+    const root = path.join(tmp, 'coral-no-runtime');
+    await cp(sysroot('rpi5-coral-usb'), root, { recursive: true, verbatimSymlinks: true });
+    await rm(path.join(root, 'usr/lib/aarch64-linux-gnu/libedgetpu.so.1'));
+    const r = await aios('devices', '--sysroot', root);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/edgetpu:usb-2-1\s+edgetpu\s+Coral USB Accelerator\s+8.0 MiB\s+tflite-edgetpu,tflite\s+unavailable/u);
+    expect(r.stdout).toMatch(/\nedgetpu:usb-2-1: libedgetpu.so.1 not found.*\n  fix: .*libedgetpu1-std/u);
+  });
+
+  it('an unknown option is a usage error with exit status 2', async () => {
+    const r = await aios('devices', '--color');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^error EAI_CLI_USAGE: unknown option '--color'/u);
   });
 
   it('--json gives DeviceInfo objects for a captured H200 machine', async () => {
