@@ -44,7 +44,7 @@ run: build
 	  --input input:0=test/fixtures/inputs/blazeface128-face.npy
 
 test: setup
-	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
+	$(NODE_BIN)/tsc -p tsconfig.test.json
 	node scripts/check-layers.mjs
 	$(NODE_BIN)/vitest run
 
@@ -52,7 +52,7 @@ bench: build
 	node dist/bench/inference-overhead.js
 
 lint: node_modules/.installed
-	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
+	$(NODE_BIN)/tsc -p tsconfig.test.json
 	node scripts/check-layers.mjs
 
 clean:

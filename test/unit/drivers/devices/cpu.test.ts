@@ -1,13 +1,10 @@
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { cpuProbe } from '../../../../drivers/devices/cpu.js';
 import { SysRoot } from '../../../../drivers/hal/sysroot.js';
+import { SYSROOTS, tempRoot } from '../../../support/sysroots.js';
 
-const SYSROOTS = fileURLToPath(new URL('../../../fixtures/sysroots/', import.meta.url));
 const KIB = 1024;
 const FORMATS = ['onnx', 'tflite', 'tfjs-graph', 'tfjs-layers'];
 
@@ -15,21 +12,6 @@ async function probeFixture(name: string) {
   return cpuProbe.probe(await SysRoot.open(path.join(SYSROOTS, name)));
 }
 
-const temps: string[] = [];
-afterAll(async () => {
-  await Promise.all(temps.map((dir) => rm(dir, { recursive: true, force: true })));
-});
-
-/** A throwaway system root holding just the given files. */
-async function tempRoot(files: Record<string, string>): Promise<SysRoot> {
-  const root = await mkdtemp(path.join(tmpdir(), 'aios-cpu-'));
-  temps.push(root);
-  for (const [file, text] of Object.entries(files)) {
-    await mkdir(path.dirname(path.join(root, file)), { recursive: true });
-    await writeFile(path.join(root, file), text);
-  }
-  return SysRoot.open(root);
-}
 
 describe('cpuProbe on recorded machines', () => {
   it('reads the two-socket Sapphire Rapids server: model name, AVX-512 and AMX, sockets, MemTotal', async () => {

@@ -1,35 +1,15 @@
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EDGETPU_SRAM_BYTES, edgetpuProbe } from '../../../../drivers/devices/edgetpu.js';
 import { SysRoot } from '../../../../drivers/hal/sysroot.js';
+import { SYSROOTS, tempRoot } from '../../../support/sysroots.js';
 
-const SYSROOTS = fileURLToPath(new URL('../../../fixtures/sysroots/', import.meta.url));
 const FORMATS = ['tflite-edgetpu', 'tflite'];
 
 async function probeFixture(name: string) {
   return edgetpuProbe.probe(await SysRoot.open(path.join(SYSROOTS, name)));
 }
 
-const temps: string[] = [];
-afterAll(async () => {
-  await Promise.all(temps.map((dir) => rm(dir, { recursive: true, force: true })));
-});
-
-/** A throwaway system root: string values are files, `{ link }` values are symlinks. */
-async function tempRoot(entries: Record<string, string | { link: string }>): Promise<SysRoot> {
-  const root = await mkdtemp(path.join(tmpdir(), 'aios-edgetpu-'));
-  temps.push(root);
-  for (const [file, value] of Object.entries(entries)) {
-    const full = path.join(root, file);
-    await mkdir(path.dirname(full), { recursive: true });
-    if (typeof value === 'string') await writeFile(full, value);
-    else await symlink(value.link, full);
-  }
-  return SysRoot.open(root);
-}
 
 const CORAL_USB_SYSFS = {
   '/sys/bus/usb/devices/1-1/idVendor': '18d1\n',

@@ -1,12 +1,9 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { jetpackForL4t, jetsonProbe, parseL4tRelease } from '../../../../drivers/devices/jetson.js';
 import { SysRoot } from '../../../../drivers/hal/sysroot.js';
+import { SYSROOTS, tempRoot } from '../../../support/sysroots.js';
 
-const SYSROOTS = fileURLToPath(new URL('../../../fixtures/sysroots/', import.meta.url));
 
 async function probeFixture(name: string) {
   return jetsonProbe.probe(await SysRoot.open(path.join(SYSROOTS, name)));
@@ -73,20 +70,7 @@ describe('jetsonProbe on recorded machines', () => {
 });
 
 describe('jetsonProbe on partial and foreign boards', () => {
-  const roots: string[] = [];
-  afterAll(async () => {
-    await Promise.all(roots.map((r) => rm(r, { recursive: true, force: true })));
-  });
-
-  async function makeRoot(files: Record<string, string>): Promise<SysRoot> {
-    const root = await mkdtemp(path.join(tmpdir(), 'aios-jetson-'));
-    roots.push(root);
-    for (const [rel, content] of Object.entries(files)) {
-      await mkdir(path.dirname(path.join(root, rel)), { recursive: true });
-      await writeFile(path.join(root, rel), content);
-    }
-    return SysRoot.open(root);
-  }
+  const makeRoot = (files: Record<string, string>): Promise<SysRoot> => tempRoot(files, 'aios-jetson-');
 
   const ORIN_NANO = {
     'proc/device-tree/model': 'NVIDIA Jetson Orin Nano Developer Kit\0',
