@@ -1,6 +1,6 @@
 import { PlacementError } from '../errors.js';
 import type { SysRoot } from './sysroot.js';
-import type { DeviceInfo, DeviceKind, DeviceProbe, Engine, ModelSource, Support } from './types.js';
+import type { DeviceInfo, DeviceKind, DeviceProbe, DeviceTelemetry, Engine, ModelSource, Support } from './types.js';
 import { DEVICE_KINDS } from './types.js';
 
 /** A (device, engine) pair that can run a model. */
@@ -91,6 +91,25 @@ export class HalRegistry {
       }),
     );
     return results.flat();
+  }
+
+  /**
+   * One telemetry reading per device, from the probe of the device's kind. `previous` maps device
+   * ids to their last readings (for rates). A device whose probe has no telemetry, or whose read
+   * fails, gets a bare reading with `extra.error` saying why, so a watcher keeps running.
+   */
+  async telemetry(sys: SysRoot, devices: readonly DeviceInfo[], previous: ReadonlyMap<string, DeviceTelemetry> = new Map()): Promise<DeviceTelemetry[]> {
+    return Promise.all(
+      devices.map(async (device): Promise<DeviceTelemetry> => {
+        const probe = this.probeEntries.find((e) => e.probe.kind === device.kind)?.probe;
+        if (probe?.telemetry === undefined) return { deviceId: device.id, time: Date.now() };
+        try {
+          return await probe.telemetry(sys, device, previous.get(device.id));
+        } catch (error) {
+          return { deviceId: device.id, time: Date.now(), extra: { error: error instanceof Error ? error.message : String(error) } };
+        }
+      }),
+    );
   }
 
   /**

@@ -31,10 +31,41 @@ export interface DeviceInfo {
   readonly details?: Readonly<Record<string, unknown>>;
 }
 
+/**
+ * One reading of a device's health and load. Every field is optional because hardware reports
+ * different things (an Edge TPU has a temperature and nothing else; a Jetson has power rails).
+ * `counters` holds raw cumulative values (CPU jiffies, energy in µJ) so that the next reading can
+ * turn them into rates; callers pass the previous reading back in and never interpret them.
+ */
+export interface DeviceTelemetry {
+  readonly deviceId: string;
+  /** Wall-clock time of the reading, ms since the epoch. */
+  readonly time: number;
+  /** Busy fraction 0..1 over the interval since the previous reading (or since boot). */
+  readonly utilisation?: number;
+  readonly memoryUsedBytes?: number;
+  readonly memoryTotalBytes?: number;
+  /** The device's own temperature (the hottest of its sensors when it has several). */
+  readonly temperatureC?: number;
+  /** Power the device draws now, watts. */
+  readonly powerW?: number;
+  /** Clock frequencies by domain (`gpu`, `emc`, `cpu0`...), MHz. */
+  readonly clocksMHz?: Readonly<Record<string, number>>;
+  /** Kind-specific readings: per-core CPU load, power rails, thermal zones, power mode. */
+  readonly extra?: Readonly<Record<string, unknown>>;
+  readonly counters?: Readonly<Record<string, number>>;
+}
+
 /** Finds the devices of one kind under a system root. Cheap, and never changes the system. */
 export interface DeviceProbe {
   readonly kind: DeviceKind;
   probe(sys: SysRoot): Promise<DeviceInfo[]>;
+  /**
+   * Reads one device's telemetry (a device this probe returned). `previous` is the last reading
+   * of the same device, for rates. Optional: a probe without telemetry simply has none. Reads
+   * only; may run read-only query tools (nvidia-smi, tegrastats --interval once).
+   */
+  telemetry?(sys: SysRoot, device: DeviceInfo, previous?: DeviceTelemetry): Promise<DeviceTelemetry>;
 }
 
 export type Support = { readonly ok: true } | { readonly ok: false; readonly reason: string; readonly fix: string };
