@@ -4,8 +4,9 @@
 
 SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
-# Debian packages the test suite uses: numpy checks our .npy files against NumPy itself.
-APT_PACKAGES := python3-numpy
+# Debian packages the test suite uses: numpy checks our .npy files against NumPy itself; Vulkan
+# (Mesa) lets the WebGPU provider be asked for an adapter, which it must refuse with a reason.
+APT_PACKAGES := python3-numpy libvulkan1 mesa-vulkan-drivers
 
 .PHONY: all setup apt build run test bench lint clean
 
@@ -50,6 +51,7 @@ test: setup
 
 bench: build
 	node dist/bench/inference-overhead.js
+	node dist/bench/engines.js
 
 lint: node_modules/.installed
 	$(NODE_BIN)/tsc -p tsconfig.test.json

@@ -1,46 +1,78 @@
 import { createRequire } from 'node:module';
+import os from 'node:os';
 import path from 'node:path';
 import type * as Ort from 'onnxruntime-node';
-import { ModelError } from '../errors.js';
+import { DeviceUnavailableError, ModelError } from '../errors.js';
 import { checkFeeds } from '../hal/feeds.js';
 import { SysRoot } from '../hal/sysroot.js';
 import type { DeviceInfo, Engine, Feeds, LoadedModel, LoadOptions, ModelSource, Outputs, Support, TensorSpec } from '../hal/types.js';
 import type { DType, TensorData } from '../tensor/tensor.js';
 import { Tensor } from '../tensor/tensor.js';
+import type { Provider, ProviderContext } from './onnxruntime/providers.js';
+import { checkProvider, GPU_PROVIDERS, readBuildInfo } from './onnxruntime/providers.js';
+import { checkWebGpu } from './onnxruntime/webgpu-check.js';
 
 export interface OnnxruntimeEngineOptions {
-  /**
-   * Where to look for execution-provider libraries and CUDA/TensorRT system libraries. Defaults to
-   * the live machine; tests pass a fixture root.
-   */
+  /** Where provider and CUDA libraries are looked up. Defaults to the live machine; tests pass a fixture root. */
   readonly sys?: SysRoot;
   /**
-   * Folder holding onnxruntime-node's native binding and any provider libraries installed beside
-   * it (`libonnxruntime_providers_cuda.so`). Defaults to the installed package's own folder.
+   * The onnxruntime-node package to use: the npm dependency by default, or a from-source build
+   * with CUDA/TensorRT (deploy/jetson/build-onnxruntime-node.sh). Env `AIOS_ONNXRUNTIME_NODE`.
    */
+  readonly packageDir?: string;
+  /** Folder of the native binding and provider libraries; derived from the package by default. Looked up through `sys`. */
   readonly bindingDir?: string;
+  /** Replaces the WebGPU adapter check (a child process); for tests. */
+  readonly webgpuCheck?: () => Promise<Support>;
+  /** Pretends the binding has (or lacks) the WebGPU provider; for tests. Default: asks onnxruntime. */
+  readonly webgpuBundled?: boolean;
 }
 
 /**
- * The `onnxruntime` engine: ONNX models through onnxruntime-node. The CPU execution provider ships
- * in the npm package and runs everywhere; the CUDA and TensorRT providers are separate shared
- * libraries that onnxruntime-node's install script fetches from NuGet, which offline installs skip
- * (`.npmrc`), so on GPUs this engine reports exactly which library is missing and how to add it.
+ * The `onnxruntime` engine: ONNX models through onnxruntime-node, on the best execution provider
+ * the device and this machine allow. For NVIDIA devices (cuda, jetson) that is TensorRT, then
+ * CUDA, then WebGPU (over Vulkan); every loaded model reports which provider runs it and why the
+ * better ones were skipped (`LoadedModel.skipped`). CPU devices use the CPU provider.
  *
- * onnxruntime-node is imported on first use, so a machine where it cannot load still starts.
+ * `LoadOptions.engine` keys: `provider` (force one of tensorrt | cuda | webgpu | cpu),
+ * `tensorrtCacheDir` (default ~/.cache/aios/tensorrt: TensorRT engines take minutes to build, the
+ * cache makes the second start fast), `fp16`, `int8`, `dlaCore` (Jetson DLA, with GPU fallback).
+ * The TensorRT options reach TensorRT only through a binding that passes them (an aios source build,
+ * `aios-build.json` says `tensorrtOptions: true`); the npm binding passes the device id alone, and
+ * the model then carries a warning saying so.
  */
 export function createOnnxruntimeEngine(options: OnnxruntimeEngineOptions = {}): Engine {
+  const packageDir = options.packageDir ?? process.env['AIOS_ONNXRUNTIME_NODE'] ?? defaultPackageDir();
+  const bindingDir = options.bindingDir ?? path.join(packageDir, 'bin', 'napi-v6', process.platform, process.arch);
   let ort: Promise<typeof Ort> | undefined;
   const loadOrt = (): Promise<typeof Ort> => {
-    ort ??= import('onnxruntime-node').then((m) => {
+    ort ??= (async () => {
+      const entry = createRequire(path.join(packageDir, 'package.json')).resolve(packageDir);
+      const m = ((await import(entry)) as { default?: typeof Ort }).default ?? ((await import(entry)) as typeof Ort);
       // ORT logs every graph rewrite at warning level; keep stderr for what the user must act on.
       m.env.logLevel = 'error';
       return m;
-    });
+    })();
     return ort;
   };
-  const bindingDir = options.bindingDir ?? defaultBindingDir();
-  const sysRoot = async (): Promise<SysRoot> => options.sys ?? SysRoot.open('/');
+  let context: Promise<ProviderContext> | undefined;
+  const providerContext = (): Promise<ProviderContext> => {
+    context ??= (async (): Promise<ProviderContext> => {
+      const m = await loadOrt();
+      let webgpu: Promise<Support> | undefined;
+      const entry = createRequire(path.join(packageDir, 'package.json')).resolve(packageDir);
+      const sys = options.sys ?? (await SysRoot.open('/'));
+      return {
+        sys,
+        bindingDir,
+        arch: process.arch,
+        build: await readBuildInfo(sys, bindingDir),
+        webgpuBundled: options.webgpuBundled ?? m.listSupportedBackends().some((b) => b.name === 'webgpu' && b.bundled),
+        webgpuAdapter: () => (webgpu ??= (options.webgpuCheck ?? (() => checkWebGpu(entry)))()),
+      };
+    })();
+    return context;
+  };
 
   return {
     name: 'onnxruntime',
@@ -50,42 +82,66 @@ export function createOnnxruntimeEngine(options: OnnxruntimeEngineOptions = {}):
       try {
         await loadOrt();
       } catch (error) {
-        return { ok: false, reason: `onnxruntime-node failed to load: ${error instanceof Error ? error.message : String(error)}`, fix: 'reinstall dependencies with `npm ci` on this machine (the package ships its native binding for linux x64/arm64)' };
+        return { ok: false, reason: `onnxruntime-node failed to load from ${packageDir}: ${error instanceof Error ? error.message : String(error)}`, fix: 'reinstall dependencies with `npm ci` (the package ships its native binding for linux x64/arm64), or fix AIOS_ONNXRUNTIME_NODE' };
       }
-      switch (device.kind) {
-        case 'cpu':
-          return { ok: true };
-        case 'cuda':
-        case 'jetson':
-          return gpuSupport(await sysRoot(), bindingDir, 'cuda');
-        default:
-          return { ok: false, reason: `onnxruntime has no execution provider for ${device.kind} devices`, fix: `convert the model to a format ${device.kind} devices run (${device.formats.join(', ') || 'none'})` };
+      if (device.kind === 'cpu') return { ok: true };
+      if (device.kind !== 'cuda' && device.kind !== 'jetson') {
+        return { ok: false, reason: `onnxruntime has no execution provider for ${device.kind} devices`, fix: `convert the model to a format ${device.kind} devices run (${device.formats.join(', ') || 'none'})` };
       }
+      const ctx = await providerContext();
+      const refusals: string[] = [];
+      let fix = '';
+      for (const provider of GPU_PROVIDERS) {
+        const s = await checkProvider(provider, device, ctx);
+        if (s.ok) return s;
+        refusals.push(`${provider}: ${s.reason}`);
+        if (provider === 'cuda') fix = s.fix;
+      }
+      return { ok: false, reason: `no GPU execution provider can run here (${refusals.join('; ')})`, fix };
     },
 
     async load(model: ModelSource, device: DeviceInfo, loadOptions: LoadOptions = {}): Promise<LoadedModel> {
       const m = await loadOrt();
-      const provider = device.kind === 'cpu' ? 'cpu' : providerChoice(loadOptions);
-      const sessionOptions: Ort.InferenceSession.SessionOptions = {
-        executionProviders: executionProviders(provider, device, loadOptions),
-        graphOptimizationLevel: loadOptions.graphOptimization ?? 'all',
-        logSeverityLevel: 3,
-        ...(loadOptions.threads === undefined ? {} : { intraOpNumThreads: loadOptions.threads, interOpNumThreads: 1 }),
-      };
-      if (provider !== 'cpu') process.env['CUDA_DEVICE_ORDER'] ??= 'PCI_BUS_ID';
-      let session: Ort.InferenceSession;
-      try {
-        session = await m.InferenceSession.create(model.path, sessionOptions);
-      } catch (cause) {
-        const message = cause instanceof Error ? cause.message : String(cause);
-        throw new ModelError('EAI_MODEL_CORRUPT', `onnxruntime could not load ${model.path}: ${message.split('\n')[0]}. Check the file is a complete ONNX model (re-export or copy it again) and that its opset is supported by onnxruntime ${m.env.versions.common}.`, { cause, details: { path: model.path } });
+      const ctx = await providerContext();
+      const forced = loadOptions.engine?.['provider'] as Provider | undefined;
+      const candidates: readonly Provider[] = device.kind === 'cpu' ? ['cpu'] : forced !== undefined ? [forced] : GPU_PROVIDERS;
+      const skipped: { backend: string; reason: string }[] = [];
+      const warnings: string[] = [];
+      for (const provider of candidates) {
+        const support = await checkProvider(provider, device, ctx);
+        if (!support.ok) {
+          skipped.push({ backend: provider, reason: support.reason });
+          continue;
+        }
+        if (provider === 'tensorrt' && ctx.build?.tensorrtOptions !== true) {
+          warnings.push('this onnxruntime-node binding passes no TensorRT options, so engines are not cached and the first run of every start rebuilds them (minutes); use an aios source build (deploy/jetson/README.md) to enable the cache, FP16 and DLA');
+        }
+        if (provider !== 'cpu') process.env['CUDA_DEVICE_ORDER'] ??= 'PCI_BUS_ID';
+        const sessionOptions: Ort.InferenceSession.SessionOptions = {
+          executionProviders: executionProviders(provider, device, loadOptions),
+          graphOptimizationLevel: loadOptions.graphOptimization ?? 'all',
+          logSeverityLevel: 3,
+          ...(loadOptions.threads === undefined ? {} : { intraOpNumThreads: loadOptions.threads, interOpNumThreads: 1 }),
+        };
+        let session: Ort.InferenceSession;
+        try {
+          session = await m.InferenceSession.create(model.path, sessionOptions);
+        } catch (cause) {
+          const message = firstLine(cause);
+          // A provider that passed the file checks can still fail to initialise (driver mismatch);
+          // that is a reason to try the next provider, not a corrupt model.
+          if (provider !== 'cpu' && !/protobuf|parse|Load model|invalid model/iu.test(message)) {
+            skipped.push({ backend: provider, reason: `session creation failed: ${message}` });
+            continue;
+          }
+          throw new ModelError('EAI_MODEL_CORRUPT', `onnxruntime could not load ${model.path}: ${message}. Check the file is a complete ONNX model (re-export or copy it again) and that its opset is supported by onnxruntime ${m.env.versions.common}.`, { cause, details: { path: model.path } });
+        }
+        return new OnnxModel(m, session, model, device, provider, skipped, warnings);
       }
-      return new OnnxModel(m, session, model, device, provider);
+      throw new DeviceUnavailableError('EAI_HAL_ENGINE_UNAVAILABLE', `onnxruntime cannot run ${model.path} on ${device.id}: ${skipped.map((s) => `${s.backend}: ${s.reason}`).join('; ')}`, 'install what the first reason names, or place the model on another device (--device cpu)', { details: { device: device.id, skipped } });
     },
   };
 }
-
-type Provider = 'cpu' | 'cuda' | 'tensorrt';
 
 class OnnxModel implements LoadedModel {
   readonly engine = 'onnxruntime';
@@ -99,9 +155,11 @@ class OnnxModel implements LoadedModel {
     private readonly model: ModelSource,
     readonly device: DeviceInfo,
     readonly backend: Provider,
+    readonly skipped: readonly { backend: string; reason: string }[],
+    readonly warnings: readonly string[],
   ) {
-    this.inputs = session.inputMetadata.map((m) => toSpec(m, model.path));
-    this.outputs = session.outputMetadata.map((m) => toSpec(m, model.path));
+    this.inputs = session.inputMetadata.map((meta) => toSpec(meta, model.path));
+    this.outputs = session.outputMetadata.map((meta) => toSpec(meta, model.path));
   }
 
   async run(feeds: Feeds): Promise<Outputs> {
@@ -115,8 +173,7 @@ class OnnxModel implements LoadedModel {
     const results = await this.session.run(ortFeeds);
     const out: Outputs = {};
     for (const [name, value] of Object.entries(results)) {
-      const dtype = fromOrtType(value.type, this.model.path);
-      out[name] = new Tensor(dtype, value.dims, value.data as TensorData);
+      out[name] = new Tensor(fromOrtType(value.type, this.model.path), value.dims, value.data as TensorData);
     }
     return out;
   }
@@ -154,44 +211,34 @@ function toSpec(meta: Ort.InferenceSession.ValueMetadata, model: string): Tensor
   return { name: meta.name, dtype: fromOrtType(meta.type, model), shape: meta.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : null)) };
 }
 
-function providerChoice(options: LoadOptions): Provider {
-  return options.engine?.['provider'] === 'tensorrt' ? 'tensorrt' : 'cuda';
-}
-
+/**
+ * The provider list for one session: the chosen provider, then CPU for the nodes it cannot take
+ * (onnxruntime partitions the graph). TensorRT keys use onnxruntime's provider-option names so an
+ * options-passing binding can hand them over unchanged; the npm binding ignores them.
+ */
 function executionProviders(provider: Provider, device: DeviceInfo, options: LoadOptions): Ort.InferenceSession.ExecutionProviderConfig[] {
   if (provider === 'cpu') return ['cpu'];
   const deviceId = typeof device.details?.['index'] === 'number' ? device.details['index'] : 0;
-  const cuda: Ort.InferenceSession.ExecutionProviderConfig = { name: 'cuda', deviceId };
+  if (provider === 'webgpu') return [{ name: 'webgpu' }, 'cpu'];
+  const cuda = { name: 'cuda', deviceId };
   if (provider === 'cuda') return [cuda, 'cpu'];
-  const cacheDir = options.engine?.['tensorrtCacheDir'];
-  return [{ name: 'tensorrt', deviceId, ...(typeof cacheDir === 'string' ? { trtEngineCacheEnable: true, trtEngineCachePath: cacheDir } : {}) } as Ort.InferenceSession.ExecutionProviderConfig, cuda, 'cpu'];
+  const engine = options.engine ?? {};
+  const cacheDir = typeof engine['tensorrtCacheDir'] === 'string' ? engine['tensorrtCacheDir'] : path.join(process.env['XDG_CACHE_HOME'] ?? path.join(os.homedir(), '.cache'), 'aios', 'tensorrt');
+  const trt: Record<string, unknown> = { name: 'tensorrt', deviceId, trt_engine_cache_enable: '1', trt_engine_cache_path: cacheDir, trt_timing_cache_enable: '1' };
+  if (engine['fp16'] === true) trt['trt_fp16_enable'] = '1';
+  if (engine['int8'] === true) trt['trt_int8_enable'] = '1';
+  if (typeof engine['dlaCore'] === 'number') Object.assign(trt, { trt_dla_enable: '1', trt_dla_core: String(engine['dlaCore']) });
+  return [trt as unknown as Ort.InferenceSession.ExecutionProviderConfig, cuda, 'cpu'];
 }
 
-/**
- * The CUDA provider needs its own library beside the binding, onnxruntime's shared-provider shim,
- * and the CUDA 12 / cuDNN 9 runtime on the system. Report the first thing missing, with its fix.
- */
-async function gpuSupport(sys: SysRoot, bindingDir: string, provider: 'cuda'): Promise<Support> {
-  if (process.arch !== 'x64') {
-    return { ok: false, reason: `onnxruntime-node for linux/${process.arch} ships no CUDA execution provider`, fix: 'build onnxruntime-node from source with --use_cuda --use_tensorrt on this JetPack (see docs/hardware.md), or place the model on cpu' };
-  }
-  for (const lib of [`libonnxruntime_providers_${provider}.so`, 'libonnxruntime_providers_shared.so']) {
-    const file = path.join(bindingDir, lib);
-    if (!(await sys.exists(file))) {
-      return { ok: false, reason: `${lib} not found in ${bindingDir}`, fix: "install the CUDA provider where the network allows: `npx onnxruntime-node-install --onnxruntime-node-install=cuda12` from node_modules/onnxruntime-node, or copy the library from the Microsoft.ML.OnnxRuntime.Gpu.Linux NuGet package into that folder" };
-    }
-  }
-  for (const [lib, pkg] of [['libcudart.so.12', 'cuda-cudart-12-x (NVIDIA CUDA repository) or nvidia-cuda-toolkit'], ['libcublasLt.so.12', 'libcublas-12-x'], ['libcudnn.so.9', 'libcudnn9-cuda-12']] as const) {
-    if ((await sys.findLibrary(lib)) === undefined) return { ok: false, reason: `${lib} not found (the CUDA execution provider needs CUDA 12 and cuDNN 9)`, fix: `install ${pkg}, or add its folder to /etc/ld.so.conf.d and run ldconfig` };
-  }
-  return { ok: true };
+function firstLine(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? '';
 }
 
-function defaultBindingDir(): string {
+function defaultPackageDir(): string {
   try {
-    const pkg = createRequire(import.meta.url).resolve('onnxruntime-node/package.json');
-    return path.join(path.dirname(pkg), 'bin', 'napi-v6', process.platform, process.arch);
+    return path.dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
   } catch {
-    return '';
+    return path.resolve('node_modules/onnxruntime-node');
   }
 }

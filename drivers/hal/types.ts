@@ -106,6 +106,10 @@ export interface LoadedModel {
   readonly outputs: readonly TensorSpec[];
   /** What actually executes, for reports: 'cpu', 'cuda', 'tensorrt', tfjs backend 'wasm', ... */
   readonly backend: string;
+  /** Better backends the engine passed over for this model, best first, each with why. */
+  readonly skipped?: readonly { readonly backend: string; readonly reason: string }[];
+  /** What the user should know about how the model runs (a model not compiled for its TPU...). */
+  readonly warnings?: readonly string[];
   run(feeds: Feeds): Promise<Outputs>;
   dispose(): Promise<void>;
 }

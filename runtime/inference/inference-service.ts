@@ -80,6 +80,16 @@ export class InferenceService {
     return this.require().backend;
   }
 
+  /** Better backends the engine passed over for this model, with why (e.g. TensorRT library missing). */
+  get skipped(): readonly { readonly backend: string; readonly reason: string }[] {
+    return this.require().skipped ?? [];
+  }
+
+  /** What the user should know about how the model runs. */
+  get warnings(): readonly string[] {
+    return this.require().warnings ?? [];
+  }
+
   get inputs(): readonly TensorSpec[] {
     return this.require().inputs;
   }

@@ -25,7 +25,7 @@ export function inferCommand(): Command {
     .option('-d, --device <kind|id>', 'device kind or id to run on, best first; repeat or comma-separate (default: accelerators first, then cpu)', collectList, [])
     .addOption(new Option('-t, --threads <n>', 'intra-op threads (default: engine choice)').argParser(positiveInt))
     .option('--out <dir>', 'write each output to DIR/<name>.npy')
-    .option('--json', 'print { device, engine, backend, outputs: { NAME: { dtype, shape, data } } }')
+    .option('--json', 'print { device, engine, backend, skipped, warnings, latencyMs, outputs: { NAME: { dtype, shape, data } } }')
     .addHelpText('after', `
 Examples:
   aios infer models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx \\
@@ -44,13 +44,16 @@ Examples:
         const outputs = await service.infer(named);
         const ms = performance.now() - t0;
         if (options.out !== undefined) await writeOutputs(options.out, outputs);
-        const report = { device: service.device.id, engine: service.engine, backend: service.backend, latencyMs: Number(ms.toFixed(3)) };
+        const report = { device: service.device.id, engine: service.engine, backend: service.backend, skipped: service.skipped, warnings: service.warnings, latencyMs: Number(ms.toFixed(3)) };
         if (options.json) {
           const out: Record<string, { dtype: string; shape: readonly number[]; data: number[] }> = {};
           for (const [name, t] of Object.entries(outputs)) out[name] = { dtype: t.dtype, shape: t.shape, data: t.toNumbers() };
           process.stdout.write(`${JSON.stringify({ ...report, outputs: out })}\n`);
         } else {
-          process.stdout.write(`model   ${model}\ndevice  ${report.device} (${report.engine}, ${report.backend})\ntime    ${report.latencyMs} ms\n\n`);
+          process.stdout.write(`model   ${model}\ndevice  ${report.device} (${report.engine}, ${report.backend})\n`);
+          for (const s of report.skipped) process.stdout.write(`skipped ${s.backend}: ${s.reason}\n`);
+          for (const w of report.warnings) process.stdout.write(`warning ${w}\n`);
+          process.stdout.write(`time    ${report.latencyMs} ms\n\n`);
           process.stdout.write(table(['OUTPUT', 'DTYPE', 'SHAPE', 'MIN', 'MAX', 'MEAN', 'FIRST VALUES'], Object.entries(outputs).map(([name, t]) => summaryRow(name, t))));
           if (options.out !== undefined) process.stdout.write(`\nwrote ${Object.keys(outputs).length} file(s) to ${options.out}\n`);
         }

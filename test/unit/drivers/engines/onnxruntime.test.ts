@@ -1,12 +1,15 @@
-import { mkdtemp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ModelError } from '../../../../drivers/errors.js';
+import { DeviceUnavailableError, ModelError } from '../../../../drivers/errors.js';
+import type { OnnxruntimeEngineOptions } from '../../../../drivers/engines/onnxruntime.js';
 import { createOnnxruntimeEngine } from '../../../../drivers/engines/onnxruntime.js';
+import { checkWebGpu } from '../../../../drivers/engines/onnxruntime/webgpu-check.js';
 import { detectModel } from '../../../../drivers/hal/model-format.js';
 import { SysRoot } from '../../../../drivers/hal/sysroot.js';
-import type { DeviceInfo, LoadedModel } from '../../../../drivers/hal/types.js';
+import type { DeviceInfo, LoadedModel, Support } from '../../../../drivers/hal/types.js';
 import { readNpy } from '../../../../drivers/tensor/npy.js';
 import { Tensor } from '../../../../drivers/tensor/tensor.js';
 
@@ -143,27 +146,83 @@ describe('onnxruntime engine: bad models and GPU support', () => {
     expect(await engine.supports(fpga)).toMatchObject({ ok: false, reason: 'onnxruntime has no execution provider for fpga devices' });
   });
 
-  it.runIf(process.arch === 'x64')('on the real H200 machine: CUDA provider missing from the npm install, then CUDA 12 runtime missing', async () => {
-    const gpu: DeviceInfo = { id: 'cuda:0000:00:06.0', kind: 'cuda', name: 'NVIDIA H200', formats: ['onnx'], status: { state: 'ready' } };
-    const sys = await SysRoot.open(path.join(repo, 'test/fixtures/sysroots/x86-h200-server'));
-    const bare = createOnnxruntimeEngine({ sys, bindingDir: '/opt/ort' });
-    const s1 = await bare.supports(gpu);
-    expect(s1).toMatchObject({ ok: false, reason: 'libonnxruntime_providers_cuda.so not found in /opt/ort' });
-    expect(s1.ok === false && s1.fix).toContain('onnxruntime-node-install=cuda12');
-
-    // Same machine with the provider libraries copied in: the CUDA 13 machine lacks CUDA 12.
-    const root = path.join(dir, 'h200-with-provider');
-    await mkdir(path.join(root, 'opt/ort'), { recursive: true });
-    await writeFile(path.join(root, 'opt/ort/libonnxruntime_providers_cuda.so'), '');
-    await writeFile(path.join(root, 'opt/ort/libonnxruntime_providers_shared.so'), '');
-    const s2 = await createOnnxruntimeEngine({ sys: await SysRoot.open(root), bindingDir: '/opt/ort' }).supports(gpu);
-    expect(s2).toMatchObject({ ok: false, reason: 'libcudart.so.12 not found (the CUDA execution provider needs CUDA 12 and cuDNN 9)' });
-
-    // And with CUDA 12 + cuDNN 9 present, the GPU is supported.
-    for (const lib of ['libcudart.so.12', 'libcublasLt.so.12', 'libcudnn.so.9']) {
-      await mkdir(path.join(root, 'usr/lib/x86_64-linux-gnu'), { recursive: true });
-      await writeFile(path.join(root, 'usr/lib/x86_64-linux-gnu', lib), '');
+  describe('execution providers on NVIDIA devices', () => {
+    const h200: DeviceInfo = { id: 'cuda:0000:00:06.0', kind: 'cuda', name: 'NVIDIA H200', formats: ['onnx'], status: { state: 'ready' } };
+    const noAdapter = async (): Promise<Support> => ({ ok: false, reason: 'WebGPU has no usable adapter: Vulkan shaderUniform*ArrayDynamicIndexing required.', fix: 'install the Vulkan driver' });
+    /** The captured H200 machine, plus extra files (provider libraries, CUDA 12). */
+    async function h200With(extra: Record<string, string>): Promise<SysRoot> {
+      const root = path.join(dir, `h200-${Object.keys(extra).length}-${Math.random().toString(36).slice(2)}`);
+      await cp(path.join(repo, 'test/fixtures/sysroots/x86-h200-server'), root, { recursive: true, verbatimSymlinks: true });
+      for (const [file, text] of Object.entries(extra)) {
+        await mkdir(path.dirname(path.join(root, file)), { recursive: true });
+        await writeFile(path.join(root, file), text);
+      }
+      return SysRoot.open(root);
     }
-    expect(await createOnnxruntimeEngine({ sys: await SysRoot.open(root), bindingDir: '/opt/ort' }).supports(gpu)).toEqual({ ok: true });
+    const engineOn = (sys: SysRoot, extra: Partial<OnnxruntimeEngineOptions> = {}) => createOnnxruntimeEngine({ sys, bindingDir: '/opt/ort', webgpuBundled: true, webgpuCheck: noAdapter, ...extra });
+    const providerLibs = { 'opt/ort/libonnxruntime_providers_cuda.so': '', 'opt/ort/libonnxruntime_providers_shared.so': '' };
+    const cuda12 = { 'usr/lib/x86_64-linux-gnu/libcudart.so.12': '', 'usr/lib/x86_64-linux-gnu/libcublasLt.so.12': '', 'usr/lib/x86_64-linux-gnu/libcudnn.so.9': '' };
+
+    it('on the real H200 machine as npm installs it: every GPU provider refused, each with its reason', async () => {
+      const s = await engineOn(await SysRoot.open(path.join(repo, 'test/fixtures/sysroots/x86-h200-server'))).supports(h200);
+      expect(s.ok).toBe(false);
+      if (s.ok) return;
+      expect(s.reason).toContain('tensorrt: libonnxruntime_providers_tensorrt.so not found in /opt/ort');
+      expect(s.reason).toContain('cuda: libonnxruntime_providers_cuda.so not found in /opt/ort');
+      expect(s.reason).toContain('webgpu: libvulkan.so.1 not found');
+      expect(s.fix).toContain('onnxruntime-node-install=cuda12');
+    });
+
+    it('with the CUDA provider copied in, the CUDA 13 machine still lacks CUDA 12', async () => {
+      const s = await engineOn(await h200With(providerLibs)).supports(h200);
+      expect(s.ok === false && s.reason).toContain('cuda: libcudart.so.12 not found');
+    });
+
+    it('with CUDA 12 and cuDNN 9 present, CUDA is supported while TensorRT still is not', async () => {
+      const engine = engineOn(await h200With({ ...providerLibs, ...cuda12 }));
+      expect(await engine.supports(h200)).toEqual({ ok: true });
+    });
+
+    it('WebGPU counts when its adapter check passes, and a Vulkan-less machine says so', async () => {
+      const vulkan = { 'usr/lib/x86_64-linux-gnu/libvulkan.so.1': '' };
+      expect(await engineOn(await h200With(vulkan), { webgpuCheck: async () => ({ ok: true }) }).supports(h200)).toEqual({ ok: true });
+      const s = await engineOn(await h200With(vulkan)).supports(h200);
+      expect(s.ok === false && s.reason).toContain('webgpu: WebGPU has no usable adapter: Vulkan shaderUniform*ArrayDynamicIndexing required.');
+    });
+
+    it('a Jetson with the npm binding is told to build onnxruntime-node on the device', async () => {
+      const orin: DeviceInfo = { id: 'jetson:gpu0', kind: 'jetson', name: 'Orin NX', formats: ['onnx'], status: { state: 'ready' } };
+      const s = await engineOn(await SysRoot.open(path.join(repo, 'test/fixtures/sysroots/jetson-orin-nx-jp6')), { webgpuBundled: false }).supports(orin);
+      expect(s.ok === false && s.reason).toContain('onnxruntime-node from npm for linux/');
+      expect(s.ok === false && s.fix).toContain('deploy/jetson/build-onnxruntime-node.sh');
+    });
+
+    it('an aios source build is detected by its aios-build.json and checked against the libraries it names', async () => {
+      const build = JSON.stringify({ providers: ['tensorrt', 'cuda'], requires: { cuda: ['libcudart.so.11.0'], tensorrt: ['libnvinfer.so.8'] }, tensorrtOptions: true, jetpack: '5.1.2' });
+      const sys = await h200With({ ...providerLibs, 'opt/ort/libonnxruntime_providers_tensorrt.so': '', 'opt/ort/aios-build.json': build });
+      const engine = createOnnxruntimeEngine({ sys, bindingDir: '/opt/ort', webgpuBundled: false });
+      const s = await engine.supports(h200);
+      expect(s.ok === false && s.reason).toContain('tensorrt: libnvinfer.so.8 not found');
+      expect(s.ok === false && s.reason).toContain('cuda: libcudart.so.11.0 not found');
+    });
+
+    it('when every GPU provider fails at session creation, load says why for each and refuses', async () => {
+      // Files say WebGPU could run, the adapter check is told it can, but this machine has no GPU:
+      // the real session creation fails, and the engine reports it instead of crashing.
+      const engine = engineOn(await h200With({ 'usr/lib/x86_64-linux-gnu/libvulkan.so.1': '' }), { bindingDir: '/opt/ort', webgpuCheck: async () => ({ ok: true }) });
+      const e = (await engine.load(await detectModel(BLAZEFACE), h200).catch((x: unknown) => x)) as DeviceUnavailableError;
+      expect(e).toBeInstanceOf(DeviceUnavailableError);
+      expect(e.code).toBe('EAI_HAL_ENGINE_UNAVAILABLE');
+      expect(e.message).toContain('tensorrt: libonnxruntime_providers_tensorrt.so not found');
+      expect(e.message).toMatch(/webgpu: session creation failed: .*adapter/iu);
+    });
+  });
+
+  it('asks a real WebGPU adapter on this machine in a child process and explains the refusal', async () => {
+    const s = await checkWebGpu(createRequire(import.meta.url).resolve('onnxruntime-node'));
+    // This CI-class machine has no GPU: with Mesa's llvmpipe Vulkan installed Dawn rejects it for a
+    // missing feature; without any Vulkan driver there is no adapter at all. Either way: refused.
+    expect(s.ok).toBe(false);
+    expect(s.ok === false && s.reason).toMatch(/^WebGPU has no usable adapter: .*(required|adapter)/u);
   });
 });
