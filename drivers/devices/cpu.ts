@@ -1,5 +1,6 @@
 import type { DeviceInfo, DeviceProbe, ModelFormat } from '../hal/types.js';
 import type { SysRoot } from '../hal/sysroot.js';
+import { readCpuTelemetry } from './cpu-telemetry.js';
 
 /** What the CPU runs: every engine has a CPU path (onnxruntime CPU EP, TFLite, TF.js wasm/cpu). */
 export const CPU_FORMATS: readonly ModelFormat[] = ['onnx', 'tflite', 'tfjs-graph', 'tfjs-layers'];
@@ -15,6 +16,9 @@ export const CPU_FORMATS: readonly ModelFormat[] = ['onnx', 'tflite', 'tfjs-grap
  * `details`: `arch` (`x86_64`, `aarch64`, `armv7l` or `unknown`, inferred from cpuinfo, not from
  * the machine running the probe), `logicalCores`, `physicalCores`, `sockets` (x86 only), `features`
  * (sorted ISA extensions that matter to inference kernels), `board` where the machine names one.
+ *
+ * Telemetry (load from /proc/stat, clocks, memory, hwmon/thermal-zone temperature, RAPL power)
+ * is read by {@link readCpuTelemetry}.
  */
 export const cpuProbe: DeviceProbe = {
   kind: 'cpu',
@@ -45,6 +49,7 @@ export const cpuProbe: DeviceProbe = {
       },
     ];
   },
+  telemetry: (sys, device, previous) => readCpuTelemetry(sys, device, previous),
 };
 
 /** Bytes of one `kB` field of /proc/meminfo, or undefined when the field is absent. */

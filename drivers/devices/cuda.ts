@@ -1,7 +1,7 @@
 import { listPci } from '../hal/buses.js';
 import type { PciFunction } from '../hal/buses.js';
-import type { SysRoot } from '../hal/sysroot.js';
-import type { DeviceInfo, DeviceProbe, DeviceStatus, ModelFormat } from '../hal/types.js';
+import type { CommandOutput, SysRoot } from '../hal/sysroot.js';
+import type { DeviceInfo, DeviceProbe, DeviceStatus, DeviceTelemetry, ModelFormat } from '../hal/types.js';
 
 /**
  * Discrete NVIDIA GPUs on the PCI bus, one `DeviceInfo` per GPU, id `cuda:<pci address>`
@@ -21,10 +21,15 @@ import type { DeviceInfo, DeviceProbe, DeviceStatus, ModelFormat } from '../hal/
  * A GPU is `ready` when the nvidia kernel driver serves it and `libcuda.so.1` is found;
  * otherwise it is `unavailable` with the reason and the package that fixes it. Jetson boards
  * produce nothing here: their GPU is integrated, not on PCI, and `jetsonProbe` reports it.
+ *
+ * Telemetry comes from one `nvidia-smi` query ({@link NVIDIA_SMI_TELEMETRY_QUERY}), because the
+ * NVIDIA driver registers no hwmon sensors: without nvidia-smi there is nothing to read, and the
+ * reading says so in `extra.note`.
  */
 export const cudaProbe: DeviceProbe = {
   kind: 'cuda',
   probe: probeCuda,
+  telemetry: readCudaTelemetry,
 };
 
 /**
@@ -33,6 +38,15 @@ export const cudaProbe: DeviceProbe = {
  */
 export const NVIDIA_SMI_QUERY: readonly string[] = [
   '--query-gpu=index,pci.bus_id,name,memory.total,driver_version,compute_cap,uuid',
+  '--format=csv,noheader,nounits',
+];
+
+/**
+ * The nvidia-smi arguments telemetry passes, exactly, so a recorded output replays (the
+ * `.commands.json` key is `nvidia-smi ` + these joined by spaces). One call answers for every GPU.
+ */
+export const NVIDIA_SMI_TELEMETRY_QUERY: readonly string[] = [
+  '--query-gpu=pci.bus_id,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw,clocks.sm,clocks.mem,fan.speed,pstate',
   '--format=csv,noheader,nounits',
 ];
 
@@ -71,6 +85,45 @@ export function parseNvidiaSmi(stdout: string): NvidiaSmiGpu[] {
       ...(cells[4] === undefined ? {} : { driverVersion: cells[4] }),
       ...(cells[5] === undefined ? {} : { computeCapability: cells[5] }),
       ...(cells[6] === undefined ? {} : { uuid: cells[6] }),
+    });
+  }
+  return rows;
+}
+
+/** One row of the telemetry query; fields nvidia-smi cannot fill are absent. */
+export interface NvidiaSmiReading {
+  readonly pciAddress: string;
+  readonly utilizationPercent?: number;
+  readonly memoryUsedMiB?: number;
+  readonly memoryTotalMiB?: number;
+  readonly temperatureC?: number;
+  readonly powerW?: number;
+  readonly smClockMHz?: number;
+  readonly memClockMHz?: number;
+  /** Fan duty in percent; `[N/A]` on passively cooled datacenter GPUs, so absent there. */
+  readonly fanPercent?: number;
+  /** Performance state, `P0` (maximum) to `P12` (idle). */
+  readonly pstate?: string;
+}
+
+/**
+ * Parses `nvidia-smi` with {@link NVIDIA_SMI_TELEMETRY_QUERY}: one line per GPU, ten cells in the
+ * query's order. `[N/A]`, `[Not Supported]` and other bracketed or non-numeric cells become
+ * absent fields; lines without a PCI bus id are skipped.
+ */
+export function parseNvidiaSmiTelemetry(stdout: string): NvidiaSmiReading[] {
+  const rows: NvidiaSmiReading[] = [];
+  for (const line of stdout.split('\n')) {
+    const cells = line.split(',').map((c) => c.trim()).map((c) => (c === '' || c.startsWith('[') ? undefined : c));
+    const pciAddress = normalisePciAddress(cells[0]);
+    if (cells.length < 10 || pciAddress === undefined) continue;
+    const n = (i: number): number | undefined => toNumber(cells[i]);
+    rows.push({
+      pciAddress,
+      ...definedOnly({
+        utilizationPercent: n(1), memoryUsedMiB: n(2), memoryTotalMiB: n(3), temperatureC: n(4), powerW: n(5),
+        smClockMHz: n(6), memClockMHz: n(7), fanPercent: n(8), pstate: cells[9],
+      }),
     });
   }
   return rows;
@@ -203,6 +256,82 @@ function statusOf(gpu: PciFunction, bound: boolean, info: ReadonlyMap<string, st
     };
   }
   return { state: 'ready' };
+}
+
+/**
+ * One GPU's reading from the shared nvidia-smi query: utilisation, memory used/total, temperature,
+ * power draw, SM and memory clocks (`clocksMHz.sm`, `clocksMHz.mem`), and `extra.fanPercent`,
+ * `extra.pstate`. When no nvidia driver serves the GPU, or nvidia-smi is missing, fails or does not
+ * list it, a reading with only `extra.note` (why, and what to install) comes back, so a watcher
+ * keeps running.
+ */
+async function readCudaTelemetry(sys: SysRoot, device: DeviceInfo): Promise<DeviceTelemetry> {
+  const time = Date.now();
+  const address = typeof device.details?.['pciAddress'] === 'string' ? device.details['pciAddress'] : device.id.replace(/^cuda:/u, '');
+  const note = (text: string): DeviceTelemetry => ({ deviceId: device.id, time, extra: { note: text } });
+  // Without the nvidia driver on the GPU, nvidia-smi can only fail, slowly; say why instead.
+  const driver = device.details?.['kernelDriver'];
+  if (driver === null || (typeof driver === 'string' && driver !== 'nvidia')) {
+    const why = device.status.state === 'unavailable' ? device.status.reason : `the GPU is bound to ${String(driver)}, not nvidia`;
+    return note(`no telemetry: ${why}`);
+  }
+  const out = await smiTelemetry(sys);
+  if (out === undefined) {
+    const major = typeof device.details?.['driverVersion'] === 'string' ? device.details['driverVersion'].split('.')[0] : '<driver major version>';
+    return note(
+      'telemetry needs nvidia-smi (NVML), which is not installed: the NVIDIA driver exposes no hwmon sensors, so there is ' +
+        `nothing else to read. Install the driver utilities (Ubuntu: apt install nvidia-utils-${major}; Debian: apt install nvidia-smi)`,
+    );
+  }
+  if (out.exitCode !== 0) {
+    const reason = out.stdout.split('\n').find((l) => l.trim() !== '')?.trim() ?? 'no output';
+    return note(`nvidia-smi failed (exit ${out.exitCode}): ${reason}`);
+  }
+  const row = parseNvidiaSmiTelemetry(out.stdout).find((r) => r.pciAddress === address);
+  if (row === undefined) {
+    const why = device.status.state === 'unavailable' ? ` (${device.status.reason})` : '';
+    return note(`nvidia-smi does not list ${address}: NVML reports only GPUs the nvidia driver serves${why}`);
+  }
+  const MiB = 1024 * 1024;
+  const clocks: Record<string, number> = {};
+  if (row.smClockMHz !== undefined) clocks['sm'] = row.smClockMHz;
+  if (row.memClockMHz !== undefined) clocks['mem'] = row.memClockMHz;
+  const extra: Record<string, unknown> = {};
+  if (row.fanPercent !== undefined) extra['fanPercent'] = row.fanPercent;
+  if (row.pstate !== undefined) extra['pstate'] = row.pstate;
+  return {
+    deviceId: device.id,
+    time,
+    ...(row.utilizationPercent === undefined ? {} : { utilisation: row.utilizationPercent / 100 }),
+    ...(row.memoryUsedMiB === undefined ? {} : { memoryUsedBytes: row.memoryUsedMiB * MiB }),
+    ...(row.memoryTotalMiB === undefined ? {} : { memoryTotalBytes: row.memoryTotalMiB * MiB }),
+    ...(row.temperatureC === undefined ? {} : { temperatureC: row.temperatureC }),
+    ...(row.powerW === undefined ? {} : { powerW: row.powerW }),
+    ...(Object.keys(clocks).length === 0 ? {} : { clocksMHz: clocks }),
+    ...(Object.keys(extra).length === 0 ? {} : { extra }),
+  };
+}
+
+/**
+ * The telemetry query's output, shared by every GPU read in the same round: the HAL reads all
+ * devices at once, and one nvidia-smi call answers for all GPUs (each call costs tens to hundreds
+ * of milliseconds). A call started less than {@link SMI_REUSE_MS} ago is reused, per system root.
+ */
+function smiTelemetry(sys: SysRoot): Promise<CommandOutput | undefined> {
+  const now = Date.now();
+  const last = smiRuns.get(sys);
+  if (last !== undefined && now - last.started < SMI_REUSE_MS) return last.output;
+  const output = sys.command('nvidia-smi', NVIDIA_SMI_TELEMETRY_QUERY);
+  smiRuns.set(sys, { started: now, output });
+  return output;
+}
+
+const SMI_REUSE_MS = 500;
+const smiRuns = new WeakMap<SysRoot, { started: number; output: Promise<CommandOutput | undefined> }>();
+
+/** The object without its undefined fields, so optional properties are absent rather than undefined. */
+function definedOnly<T extends object>(o: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
 }
 
 function optional(key: string, value: string | undefined): Record<string, string> {

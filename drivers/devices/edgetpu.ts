@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { listPci, listUsb, type PciFunction, type UsbDevice } from '../hal/buses.js';
-import type { DeviceInfo, DeviceProbe, DeviceStatus, ModelFormat } from '../hal/types.js';
+import type { DeviceInfo, DeviceProbe, DeviceStatus, DeviceTelemetry, ModelFormat } from '../hal/types.js';
 import type { SysRoot } from '../hal/sysroot.js';
 
 /** Edge TPU models (edgetpu_compiler output) and plain TFLite, which falls back to the host CPU. */
@@ -27,6 +27,9 @@ export const EDGETPU_LIBRARY = 'libedgetpu.so.1';
  *
  * ids are stable per physical slot: `edgetpu:usb-<port path>`, `edgetpu:pci-<PCI address>`.
  * Reads sysfs only; never opens the device (opening a USB stick would load its firmware).
+ *
+ * Telemetry: the PCIe/M.2 modules' die temperature and the apex driver's thermal thresholds
+ * ({@link readEdgetpuTelemetry}); USB sticks report nothing to the host, and say so.
  */
 export const edgetpuProbe: DeviceProbe = {
   kind: 'edgetpu',
@@ -40,7 +43,63 @@ export const edgetpuProbe: DeviceProbe = {
     for (const fn of pci) devices.push(await pciDevice(sys, fn, library));
     return devices;
   },
+  telemetry: (sys, device) => readEdgetpuTelemetry(sys, device),
 };
+
+/**
+ * One Edge TPU reading. PCIe/M.2 (apex driver, gasket-driver `apex_driver.c`): `temperatureC`
+ * from `/sys/class/apex/apex_N/temp`, and in `extra.thresholds` (°C) the driver's
+ * `trip_point0_temp`..`trip_point2_temp` (where it halves the TPU clock, 500 -> 250 -> 125 ->
+ * 62.5 MHz) and `hw_temp_warn1`/`hw_temp_warn2` (the chip raises an interrupt, then its shutdown
+ * alarm, when the matching `_en` is set). All are millidegrees in sysfs.
+ *
+ * `extra.throttling` is true when the temperature is at or above trip point 0 and the driver polls
+ * the temperature (`temp_poll_interval` > 0 ms; the gasket default 0 means it never throttles, and
+ * then `extra.warning` says the die is past the trip point without protection). USB Accelerators
+ * expose no sensor to the host: their reading carries only `extra.note`.
+ */
+export async function readEdgetpuTelemetry(sys: SysRoot, device: DeviceInfo): Promise<DeviceTelemetry> {
+  const time = Date.now();
+  const note = (text: string): DeviceTelemetry => ({ deviceId: device.id, time, extra: { note: text } });
+  if (device.details?.['bus'] === 'usb') {
+    return note('the Coral USB Accelerator reports no temperature, load or power to the host (neither libedgetpu nor the kernel exposes a sensor); only the M.2 / PCIe modules have a readable temperature');
+  }
+  const address = typeof device.details?.['pciAddress'] === 'string' ? device.details['pciAddress'] : device.id.replace(/^edgetpu:pci-/u, '');
+  const apex = await apexNodeOf(sys, address);
+  if (apex === undefined) return note(`no apex node for ${address}, so no temperature: the apex driver is not bound (${GASKET_FIX})`);
+  const milli = async (name: string): Promise<number | undefined> => {
+    const raw = (await sys.readAttr(`/sys/class/apex/${apex}/${name}`)) ?? (await sys.readAttr(`/sys/bus/pci/devices/${address}/apex/${apex}/${name}`));
+    const n = raw === undefined || raw === '' ? Number.NaN : Number(raw);
+    return Number.isFinite(n) ? n : undefined;
+  };
+  const temp = await milli('temp');
+  const thresholds: Record<string, number> = {};
+  for (const [key, attr] of THRESHOLDS) {
+    const value = await milli(attr);
+    if (value !== undefined) thresholds[key] = value / 1000;
+  }
+  const pollMs = await milli('temp_poll_interval');
+  const extra: Record<string, unknown> = { thresholds };
+  if (pollMs !== undefined) extra['tempPollIntervalMs'] = pollMs;
+  const tripC = thresholds['tripPoint0C'];
+  if (temp !== undefined && tripC !== undefined) {
+    const over = temp / 1000 >= tripC;
+    extra['throttling'] = over && pollMs !== undefined && pollMs > 0;
+    if (over && !(pollMs !== undefined && pollMs > 0)) {
+      extra['warning'] = `at or above trip point 0 (${tripC} °C) but the apex driver is not polling the temperature (temp_poll_interval 0), so it does not throttle: load the module with temp_poll_interval=5000 or improve cooling`;
+    }
+  }
+  return { deviceId: device.id, time, ...(temp === undefined ? {} : { temperatureC: temp / 1000 }), extra };
+}
+
+/** `extra.thresholds` keys and the apex sysfs attributes they come from. */
+const THRESHOLDS: readonly (readonly [string, string])[] = [
+  ['tripPoint0C', 'trip_point0_temp'],
+  ['tripPoint1C', 'trip_point1_temp'],
+  ['tripPoint2C', 'trip_point2_temp'],
+  ['hwTempWarn1C', 'hw_temp_warn1'],
+  ['hwTempWarn2C', 'hw_temp_warn2'],
+];
 
 const BOOTLOADER = '1a6e:089a';
 const USB_IDS = new Set([BOOTLOADER, '18d1:9302']);

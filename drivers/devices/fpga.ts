@@ -2,6 +2,7 @@ import path from 'node:path';
 import { listPci, type PciFunction } from '../hal/buses.js';
 import type { DeviceInfo, DeviceProbe, DeviceStatus, ModelFormat } from '../hal/types.js';
 import type { SysRoot } from '../hal/sysroot.js';
+import { readFpgaTelemetry } from './fpga-telemetry.js';
 
 /** FPGAs run xclbin containers (bitstream plus kernel metadata) through Xilinx XRT. */
 export const FPGA_FORMATS: readonly ModelFormat[] = ['xclbin'];
@@ -23,6 +24,8 @@ export const FPGA_FORMATS: readonly ModelFormat[] = ['xclbin'];
  * `details`: `bus`, addresses, `vbnv`/`shell`, `fpgaPart`, `xrtVersion`, `driverVersion`,
  * `renderNode`, `fpgaManagerState` where readable. Reads files only, plus `xbutil --version` when
  * XRT is installed but its version.json is not.
+ *
+ * Telemetry (Alveo XMC sensors, Zynq AMS temperatures, board power) is read by {@link readFpgaTelemetry}.
  */
 export const fpgaProbe: DeviceProbe = {
   kind: 'fpga',
@@ -35,6 +38,7 @@ export const fpgaProbe: DeviceProbe = {
     const soc = await Promise.all(socs.map((manager) => socDevice(sys, manager, xrt)));
     return [...alveo, ...soc];
   },
+  telemetry: (sys, device) => readFpgaTelemetry(sys, device),
 };
 
 interface AlveoModel {
