@@ -1,5 +1,7 @@
 import type { SysRoot } from '../hal/sysroot.js';
-import type { DeviceInfo, DeviceProbe, DeviceStatus, ModelFormat } from '../hal/types.js';
+import type { DeviceInfo, DeviceProbe, DeviceStatus, DeviceTelemetry, ModelFormat } from '../hal/types.js';
+import { inputPowerW, readGpuClocks, readPowerRails, readPowerStatus } from './jetson-power.js';
+import { lastTegrastatsLine, type TegrastatsReading } from './tegrastats.js';
 
 /**
  * The integrated GPU of an NVIDIA Jetson module: at most one `DeviceInfo`, id `jetson:gpu0`.
@@ -20,14 +22,79 @@ import type { DeviceInfo, DeviceProbe, DeviceStatus, ModelFormat } from '../hal/
  * The GPU is `ready` when both the device node and `libcuda.so.1` are there; otherwise
  * `unavailable` with the reason and the fix. A board without `/etc/nv_tegra_release` (a custom
  * or container root) is still reported; its `l4t` and `jetpack` are then absent.
+ *
+ * Telemetry reads sysfs, no root and no child process (see {@link readJetsonTelemetry}); it runs
+ * tegrastats only where sysfs shows none of the GPU, the thermal zones or the power monitors.
  */
 export const jetsonProbe: DeviceProbe = {
   kind: 'jetson',
   probe: probeJetson,
+  telemetry: readJetsonTelemetry,
 };
 
 /** What the Jetson GPU runs: ONNX through onnxruntime's CUDA/TensorRT providers, TF.js through tfjs-node-gpu. */
 export const JETSON_FORMATS: readonly ModelFormat[] = ['onnx', 'tfjs-graph', 'tfjs-layers'];
+
+/**
+ * How telemetry runs tegrastats when it must: tegrastats has no one-shot flag and prints a line
+ * per interval until killed, so `timeout` stops it after two seconds (one or two lines, exit 124).
+ */
+export const TEGRASTATS_ONE_SHOT = { file: 'timeout', args: ['2', 'tegrastats', '--interval', '1000'] } as const;
+
+/**
+ * One reading of the Jetson GPU and the module around it:
+ * - `utilisation`: the GPU's own busy figure, `<devfreq node>/device/load` (per mille;
+ *   `/sys/devices/17000000.gv11b/load` on Xavier, `.../bus@0/17000000.gpu/load` on Orin JP6);
+ * - `memoryUsedBytes`/`memoryTotalBytes`: system RAM from /proc/meminfo (MemTotal - MemAvailable),
+ *   because the GPU allocates from it;
+ * - `temperatureC`: the GPU thermal zone (`gpu-thermal`, `GPU-therm`), else the junction (`tj-thermal`);
+ * - `powerW`: module input power, the `VDD_IN` (JetPack 5/6) or `POM_5V_IN` (JetPack 4) rail of
+ *   the INA3221 monitor, else the sum of the rails there are ({@link inputPowerW});
+ * - `clocksMHz.gpu` from devfreq `cur_freq` (`emc` and per-core clocks only via tegrastats);
+ * - `extra`: `source` (`sysfs`, `tegrastats` or `none`), `rails`, `thermalZones` (°C; `null` for a
+ *   zone whose domain is powered off, such as `cv0-thermal` with the DLAs idle), `powerMode`,
+ *   `jetsonClocks`, `gpuFreqRangeMHz`; from tegrastats also `engines`, `cpus`, `emcLoadPercent`;
+ * - `counters.inputEnergyUJ`: input energy integrated over the readings (trapezoids), so a watcher
+ *   that keeps passing `previous` back gets energy per interval.
+ *
+ * Sysfs first because it is cheap and needs no privileges: tegrastats costs a process and a full
+ * sampling interval per reading, and without root it leaves out some fields. Rails come from the
+ * INA3221 monitor through either of its drivers ({@link readPowerRails}).
+ */
+export async function readJetsonTelemetry(sys: SysRoot, device: DeviceInfo, previous?: DeviceTelemetry): Promise<DeviceTelemetry> {
+  const time = Date.now();
+  const [gpuClocks, thermalZones, rails, memory, power] = await Promise.all([
+    readGpuClocks(sys), readThermalZones(sys), readPowerRails(sys), readMemory(sys), readPowerStatus(sys, { query: false }),
+  ]);
+  const load = await readGpuLoad(sys, gpuClocks?.node);
+  const sysfsEmpty = load === undefined && Object.keys(rails).length === 0 && Object.keys(thermalZones).length === 0;
+  const stats = sysfsEmpty ? await runTegrastats(sys) : undefined;
+
+  const fromStats = stats === undefined ? undefined : tegrastatsTelemetry(stats);
+  const powerW = fromStats?.powerW ?? inputPowerW(rails);
+  const gpuRange = gpuClocks?.minHz !== undefined && gpuClocks.maxHz !== undefined ? { gpuFreqRangeMHz: { min: gpuClocks.minHz / 1e6, max: gpuClocks.maxHz / 1e6 } } : {};
+  return {
+    deviceId: device.id,
+    time,
+    ...defined({
+      utilisation: load === undefined ? fromStats?.utilisation : Math.min(1, Math.max(0, load / 1000)),
+      temperatureC: temperatureOf(thermalZones) ?? fromStats?.temperatureC,
+      powerW,
+      clocksMHz: gpuClocks?.curHz === undefined ? fromStats?.clocksMHz : { gpu: gpuClocks.curHz / 1e6 },
+    }),
+    ...(memory ?? fromStats?.memory ?? {}),
+    extra: {
+      source: stats !== undefined ? 'tegrastats' : sysfsEmpty ? 'none' : 'sysfs',
+      rails: fromStats?.rails ?? rails,
+      thermalZones: fromStats?.thermalZones ?? thermalZones,
+      ...defined({ powerMode: power.current }),
+      jetsonClocks: power.jetsonClocks,
+      ...gpuRange,
+      ...fromStats?.extra,
+    },
+    ...defined({ counters: energyCounter(previous, time, powerW) }),
+  };
+}
 
 /**
  * L4T (Jetson Linux) release -> JetPack release, exact releases only, as NVIDIA's JetPack
@@ -214,4 +281,93 @@ function statusOf(gpuNode: string | undefined, libcuda: string | undefined): Dev
     };
   }
   return { state: 'ready' };
+}
+
+/** Thermal zones by type, °C. `null`: the zone exists but its domain is off (read fails, or -256 °C). */
+async function readThermalZones(sys: SysRoot): Promise<Record<string, number | null>> {
+  const zones = (await sys.list('/sys/class/thermal')).filter((z) => /^thermal_zone\d+$/u.test(z));
+  zones.sort((a, b) => Number(a.slice(12)) - Number(b.slice(12)));
+  const out = new Map<string, number | null>();
+  for (const zone of zones) {
+    const type = await sys.readAttr(`/sys/class/thermal/${zone}/type`);
+    if (type === undefined || type === '' || out.has(type)) continue;
+    const milli = toInt(await sys.readAttr(`/sys/class/thermal/${zone}/temp`));
+    out.set(type, milli === undefined || milli <= -256_000 ? null : milli / 1000);
+  }
+  // fromEntries defines own properties, so a zone typed `__proto__` cannot reach the prototype.
+  return Object.fromEntries(out);
+}
+
+async function readMemory(sys: SysRoot): Promise<{ memoryUsedBytes: number; memoryTotalBytes: number } | undefined> {
+  const meminfo = (await sys.readText('/proc/meminfo')) ?? '';
+  const kb = (field: string): number | undefined => toInt(new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'mu').exec(meminfo)?.[1]);
+  const total = kb('MemTotal');
+  const available = kb('MemAvailable');
+  if (total === undefined || available === undefined) return undefined;
+  return { memoryUsedBytes: (total - available) * 1024, memoryTotalBytes: total * 1024 };
+}
+
+/** GPU load, per mille: beside the devfreq node's device, else where older releases linked it. */
+async function readGpuLoad(sys: SysRoot, devfreqNode: string | undefined): Promise<number | undefined> {
+  const candidates = [...(devfreqNode === undefined ? [] : [`${devfreqNode}/device/load`]), '/sys/devices/platform/gpu.0/load', '/sys/devices/gpu.0/load'];
+  for (const candidate of candidates) {
+    const value = toInt(await sys.readAttr(candidate));
+    if (value !== undefined) return value;
+  }
+  return undefined;
+}
+
+async function runTegrastats(sys: SysRoot): Promise<TegrastatsReading | undefined> {
+  const out = await sys.command(TEGRASTATS_ONE_SHOT.file, TEGRASTATS_ONE_SHOT.args, 5000);
+  return out === undefined ? undefined : lastTegrastatsLine(out.stdout);
+}
+
+/** The telemetry fields a tegrastats line gives, in the units DeviceTelemetry uses. */
+function tegrastatsTelemetry(stats: TegrastatsReading) {
+  const mb = 1024 * 1024;
+  const temps = stats.temperaturesC;
+  // `null` (a -256C sensor) falls through `??` like a missing one.
+  const gpuTemp = temps['gpu'] ?? temps['GPU'] ?? temps['tj'] ?? undefined;
+  const clocks: Record<string, number> = {};
+  if (stats.gpu?.freqMHz !== undefined) clocks['gpu'] = stats.gpu.freqMHz;
+  if (stats.emc?.freqMHz !== undefined) clocks['emc'] = stats.emc.freqMHz;
+  stats.cpus.forEach((core, i) => {
+    if (core.freqMHz !== null) clocks[`cpu${i}`] = core.freqMHz;
+  });
+  return {
+    utilisation: stats.gpu?.loadPercent === undefined ? undefined : stats.gpu.loadPercent / 100,
+    memory: stats.ram === undefined ? undefined : { memoryUsedBytes: stats.ram.usedMB * mb, memoryTotalBytes: stats.ram.totalMB * mb },
+    temperatureC: gpuTemp,
+    powerW: stats.totalPower?.currentW,
+    clocksMHz: Object.keys(clocks).length === 0 ? undefined : clocks,
+    rails: Object.fromEntries(Object.entries(stats.rails).map(([name, r]) => [name, { powerW: r.currentW, averageW: r.averageW }])),
+    thermalZones: temps,
+    extra: {
+      engines: stats.engines,
+      cpus: stats.cpus,
+      ...defined({ emcLoadPercent: stats.emc?.loadPercent }),
+    },
+  };
+}
+
+function temperatureOf(zones: Readonly<Record<string, number | null>>): number | undefined {
+  return zones['gpu-thermal'] ?? zones['GPU-therm'] ?? zones['tj-thermal'] ?? undefined;
+}
+
+/** Input energy so far, µJ: the previous total plus this interval's trapezoid. */
+function energyCounter(previous: DeviceTelemetry | undefined, time: number, powerW: number | undefined): Record<string, number> | undefined {
+  if (powerW === undefined) return undefined;
+  const before = previous?.counters?.['inputEnergyUJ'] ?? 0;
+  const seconds = previous === undefined ? 0 : (time - previous.time) / 1000;
+  if (previous?.powerW === undefined || !(seconds > 0)) return { inputEnergyUJ: before };
+  return { inputEnergyUJ: Math.round(before + ((previous.powerW + powerW) / 2) * seconds * 1e6) };
+}
+
+/** The object without its undefined members, so optional DeviceTelemetry fields stay absent. */
+function defined<T extends Record<string, unknown>>(fields: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+}
+
+function toInt(text: string | undefined): number | undefined {
+  return text !== undefined && /^-?\d+$/u.test(text) ? Number(text) : undefined;
 }

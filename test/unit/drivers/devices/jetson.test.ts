@@ -64,6 +64,32 @@ describe('jetsonProbe on recorded machines', () => {
     }]);
   });
 
+  it('finds the Nano 4GB on JetPack 4.6.1 (L4T R32.7.1) through nvhost-ctrl-gpu and the tegra library folder', async () => {
+    expect(await probeFixture('jetson-nano-jp4')).toEqual([{
+      id: 'jetson:gpu0',
+      kind: 'jetson',
+      name: 'NVIDIA Jetson Nano 4GB (developer kit module)',
+      memoryBytes: 4059316 * 1024,
+      formats: ['onnx', 'tfjs-graph', 'tfjs-layers'],
+      status: { state: 'ready' },
+      details: {
+        soc: 'tegra210',
+        module: 'Jetson Nano 4GB (developer kit module)',
+        modulePart: 'p3448-0000',
+        board: 'NVIDIA Jetson Nano Developer Kit',
+        l4t: '32.7.1',
+        jetpack: '4.6.1',
+        gpuArchitecture: 'Maxwell',
+        cudaArch: '5.3',
+        sharedMemory: true,
+        dlaCores: 0,
+        index: 0,
+        gpuDeviceNode: '/dev/nvhost-ctrl-gpu',
+        cudaLibrary: '/usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1',
+      },
+    }]);
+  });
+
   it('reports nothing on the x86 RTX 4090 machine', async () => {
     expect(await probeFixture('x86-rtx4090')).toEqual([]);
   });
