@@ -5,6 +5,7 @@ import { fpgaProbe } from './devices/fpga.js';
 import { jetsonProbe } from './devices/jetson.js';
 import { createOnnxruntimeEngine } from './engines/onnxruntime.js';
 import { createTfjsEngine } from './engines/tfjs.js';
+import { createTfliteEngine } from './engines/tflite.js';
 import { HalRegistry } from './hal/registry.js';
 
 /**
@@ -20,5 +21,6 @@ export function createBuiltinHal(): HalRegistry {
     .register(fpgaProbe, 20)
     .register(cpuProbe, 0)
     .register(createOnnxruntimeEngine(), 10)
+    .register(createTfliteEngine(), 8)
     .register(createTfjsEngine(), 5);
 }

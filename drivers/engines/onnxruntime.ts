@@ -13,14 +13,19 @@ import { checkProvider, GPU_PROVIDERS, readBuildInfo } from './onnxruntime/provi
 import { checkWebGpu } from './onnxruntime/webgpu-check.js';
 
 export interface OnnxruntimeEngineOptions {
-  /** Where provider and CUDA libraries are looked up. Defaults to the live machine; tests pass a fixture root. */
+  /**
+   * The machine whose system libraries (CUDA, cuDNN, TensorRT, Vulkan) decide support. Defaults to
+   * this one; `aios devices --sysroot` passes a captured machine to ask "would this work there".
+   */
   readonly sys?: SysRoot;
+  /** Where the aios install (and so the binding folder) lives. Defaults to this machine. */
+  readonly install?: SysRoot;
   /**
    * The onnxruntime-node package to use: the npm dependency by default, or a from-source build
    * with CUDA/TensorRT (deploy/jetson/build-onnxruntime-node.sh). Env `AIOS_ONNXRUNTIME_NODE`.
    */
   readonly packageDir?: string;
-  /** Folder of the native binding and provider libraries; derived from the package by default. Looked up through `sys`. */
+  /** Folder of the native binding and provider libraries; derived from the package by default. Looked up through `install`. */
   readonly bindingDir?: string;
   /** Replaces the WebGPU adapter check (a child process); for tests. */
   readonly webgpuCheck?: () => Promise<Support>;
@@ -61,12 +66,14 @@ export function createOnnxruntimeEngine(options: OnnxruntimeEngineOptions = {}):
       const m = await loadOrt();
       let webgpu: Promise<Support> | undefined;
       const entry = createRequire(path.join(packageDir, 'package.json')).resolve(packageDir);
-      const sys = options.sys ?? (await SysRoot.open('/'));
+      const live = await SysRoot.open('/');
+      const install = options.install ?? live;
       return {
-        sys,
+        sys: options.sys ?? live,
+        install,
         bindingDir,
         arch: process.arch,
-        build: await readBuildInfo(sys, bindingDir),
+        build: await readBuildInfo(install, bindingDir),
         webgpuBundled: options.webgpuBundled ?? m.listSupportedBackends().some((b) => b.name === 'webgpu' && b.bundled),
         webgpuAdapter: () => (webgpu ??= (options.webgpuCheck ?? (() => checkWebGpu(entry)))()),
       };

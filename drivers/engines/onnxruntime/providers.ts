@@ -22,7 +22,10 @@ export interface BuildInfo {
 
 /** Where the binding lives and how to look things up around it. */
 export interface ProviderContext {
+  /** The machine: system libraries (CUDA, TensorRT, Vulkan) are looked up here. */
   readonly sys: SysRoot;
+  /** Where aios and its packages are installed: the binding folder is looked up here. */
+  readonly install: SysRoot;
   readonly bindingDir: string;
   readonly arch: string;
   readonly build: BuildInfo | undefined;
@@ -48,8 +51,8 @@ const LIBRARY_PACKAGES: Record<string, string> = {
 };
 
 /** Reads `aios-build.json` beside the binding, if this is an aios-aware source build. */
-export async function readBuildInfo(sys: SysRoot, bindingDir: string): Promise<BuildInfo | undefined> {
-  const text = await sys.readText(path.join(bindingDir, 'aios-build.json'));
+export async function readBuildInfo(install: SysRoot, bindingDir: string): Promise<BuildInfo | undefined> {
+  const text = await install.readText(path.join(bindingDir, 'aios-build.json'));
   if (text === undefined) return undefined;
   try {
     return JSON.parse(text) as BuildInfo;
@@ -70,7 +73,7 @@ export async function checkProvider(provider: Provider, device: DeviceInfo, ctx:
     case 'tensorrt': {
       const libs = provider === 'cuda' ? ['libonnxruntime_providers_cuda.so', 'libonnxruntime_providers_shared.so'] : ['libonnxruntime_providers_tensorrt.so', 'libonnxruntime_providers_shared.so', 'libonnxruntime_providers_cuda.so'];
       for (const lib of libs) {
-        if (!(await ctx.sys.exists(path.join(ctx.bindingDir, lib)))) return missingProvider(provider, lib, ctx, device);
+        if (!(await ctx.install.exists(path.join(ctx.bindingDir, lib)))) return missingProvider(provider, lib, ctx, device);
       }
       const required = ctx.build?.requires?.[provider] ?? (ctx.build === undefined ? [...STOCK_REQUIRES.cuda, ...(provider === 'tensorrt' ? STOCK_REQUIRES.tensorrt : [])] : []);
       for (const lib of required) {
@@ -84,6 +87,7 @@ export async function checkProvider(provider: Provider, device: DeviceInfo, ctx:
     case 'webgpu': {
       if (!ctx.webgpuBundled) return { ok: false, reason: `this onnxruntime-node build for linux/${ctx.arch} has no WebGPU provider`, fix: 'use the npm onnxruntime-node 1.30+ on linux x64, or build with --use_webgpu' };
       if ((await ctx.sys.findLibrary('libvulkan.so.1')) === undefined) return { ok: false, reason: 'libvulkan.so.1 not found (WebGPU runs over Vulkan)', fix: 'install libvulkan1 and your GPU driver\'s Vulkan ICD' };
+      if (!ctx.sys.isLive && ctx.sys !== ctx.install) return { ok: false, reason: 'a WebGPU adapter can only be asked for on the machine itself, not on a captured system root', fix: 'run `aios devices` on that machine' };
       return ctx.webgpuAdapter();
     }
   }

@@ -43,13 +43,13 @@ describe('aios devices', () => {
     const r = await aios('devices');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^ID\s+KIND\s+NAME\s+MEMORY\s+FORMATS\s+STATUS\s+ENGINES/u);
-    expect(r.stdout).toMatch(/cpu:0\s+cpu\s+.*ready\s+onnxruntime,tfjs/u);
+    expect(r.stdout).toMatch(/cpu:0\s+cpu\s+.*ready\s+onnxruntime,tflite,tfjs/u);
   });
 
   it('--json on this machine says which engines can use each ready device', async () => {
     const r = await aios('devices', '--json');
     const devices = JSON.parse(r.stdout) as { id: string; engines?: { engine: string; ok: boolean }[] }[];
-    expect(devices.find((d) => d.id === 'cpu:0')?.engines).toEqual([{ engine: 'onnxruntime', ok: true }, { engine: 'tfjs', ok: true }]);
+    expect(devices.find((d) => d.id === 'cpu:0')?.engines).toEqual([{ engine: 'onnxruntime', ok: true }, { engine: 'tflite', ok: true }, { engine: 'tfjs', ok: true }]);
     const plain = JSON.parse((await aios('devices', '--json', '--no-engines')).stdout) as { engines?: unknown }[];
     expect(plain.every((d) => d.engines === undefined)).toBe(true);
   });

@@ -159,7 +159,7 @@ describe('onnxruntime engine: bad models and GPU support', () => {
       }
       return SysRoot.open(root);
     }
-    const engineOn = (sys: SysRoot, extra: Partial<OnnxruntimeEngineOptions> = {}) => createOnnxruntimeEngine({ sys, bindingDir: '/opt/ort', webgpuBundled: true, webgpuCheck: noAdapter, ...extra });
+    const engineOn = (sys: SysRoot, extra: Partial<OnnxruntimeEngineOptions> = {}) => createOnnxruntimeEngine({ sys, install: sys, bindingDir: '/opt/ort', webgpuBundled: true, webgpuCheck: noAdapter, ...extra });
     const providerLibs = { 'opt/ort/libonnxruntime_providers_cuda.so': '', 'opt/ort/libonnxruntime_providers_shared.so': '' };
     const cuda12 = { 'usr/lib/x86_64-linux-gnu/libcudart.so.12': '', 'usr/lib/x86_64-linux-gnu/libcublasLt.so.12': '', 'usr/lib/x86_64-linux-gnu/libcudnn.so.9': '' };
 
@@ -200,7 +200,7 @@ describe('onnxruntime engine: bad models and GPU support', () => {
     it('an aios source build is detected by its aios-build.json and checked against the libraries it names', async () => {
       const build = JSON.stringify({ providers: ['tensorrt', 'cuda'], requires: { cuda: ['libcudart.so.11.0'], tensorrt: ['libnvinfer.so.8'] }, tensorrtOptions: true, jetpack: '5.1.2' });
       const sys = await h200With({ ...providerLibs, 'opt/ort/libonnxruntime_providers_tensorrt.so': '', 'opt/ort/aios-build.json': build });
-      const engine = createOnnxruntimeEngine({ sys, bindingDir: '/opt/ort', webgpuBundled: false });
+      const engine = createOnnxruntimeEngine({ sys, install: sys, bindingDir: '/opt/ort', webgpuBundled: false });
       const s = await engine.supports(h200);
       expect(s.ok === false && s.reason).toContain('tensorrt: libnvinfer.so.8 not found');
       expect(s.ok === false && s.reason).toContain('cuda: libcudart.so.11.0 not found');
