@@ -5,7 +5,7 @@ import { DeviceUnavailableError, ModelError } from '../errors.js';
 import { SysRoot } from '../hal/sysroot.js';
 import type { DeviceInfo, Engine, LoadOptions, ModelSource, Support } from '../hal/types.js';
 import type { TfliteApi } from './tflite/c-api.js';
-import { edgetpuCandidates, loadEdgeTpu, openEdgeTpu, type EdgeTpuRuntime, type OpenedEdgeTpu } from './tflite/edgetpu.js';
+import { EDGETPU_FIX, edgetpuCandidates, loadEdgeTpu, openEdgeTpu, type EdgeTpuRuntime, type OpenedEdgeTpu } from './tflite/edgetpu.js';
 import { createTfliteModel, type TfliteLoadedModel } from './tflite/interpreter.js';
 import { loadTflite, tfliteCandidates } from './tflite/library.js';
 
@@ -83,6 +83,9 @@ export function createTfliteEngine(options: TfliteEngineOptions = {}): TfliteEng
       if (device.kind !== 'cpu' && device.kind !== 'edgetpu') {
         return { ok: false, reason: `the tflite engine runs on cpu and edgetpu devices, not ${device.kind} (TFLite's GPU delegate is not wired in)`, fix: `place the model on a cpu device, or convert it to a format ${device.kind} devices run (${device.formats.join(', ') || 'none'})` };
       }
+      const sys = await sysRoot();
+      // A captured machine's libraries cannot be loaded here: answer from the files alone.
+      if (!sys.isLive) return capturedSupport(device, sys, options);
       try {
         await tfliteApi();
         if (device.kind === 'edgetpu') await edgetpuRuntime();
@@ -121,6 +124,23 @@ export function createTfliteEngine(options: TfliteEngineOptions = {}): TfliteEng
       return createTfliteModel(api, model, device, { threads, xnnpack: loadOptions.engine?.['xnnpack'] !== false, edgetpu: opened, warnings });
     },
   };
+}
+
+/**
+ * Support on a captured system root (`aios devices --sysroot`): the TFLite library is there
+ * (system, or the tfjs-tflite-node copy this install carries for both x64 and arm64), and for an
+ * Edge TPU so is libedgetpu.so.1 in that machine's loader folders.
+ */
+async function capturedSupport(device: DeviceInfo, sys: SysRoot, options: TfliteEngineOptions): Promise<Support> {
+  const tflite = await tfliteCandidates(options.libraryPath, sys);
+  if (!tflite.some((c) => c.path !== undefined)) {
+    return { ok: false, reason: `libtensorflowlite_c.so not found: ${tflite.map((c) => `${c.source}: ${c.missing ?? 'not found'}`).join('; ')}`, fix: 'npm install tfjs-tflite-node@0.0.2 with aios, or install a system libtensorflowlite_c.so' };
+  }
+  if (device.kind === 'edgetpu') {
+    const edgetpu = await edgetpuCandidates(options.edgetpuLibrary, sys);
+    if (!edgetpu.some((c) => c.path !== undefined)) return { ok: false, reason: 'libedgetpu.so.1 not found in the dynamic loader\'s folders', fix: EDGETPU_FIX };
+  }
+  return { ok: true };
 }
 
 /** Threads for one model: what the caller asked, within 1..cores; one when unspecified. */

@@ -20,7 +20,7 @@ export function devicesCommand(): Command {
     .description('list the compute devices found (CPU, NVIDIA GPUs, Jetson, Coral Edge TPU, FPGA) with their status and, when unusable, the fix')
     .option('--sysroot <dir>', 'probe a captured system root instead of this machine (see scripts/capture-sysroot.sh)', '/')
     .option('--json', 'print an array of DeviceInfo objects (with --watch: one JSON array of readings per line)')
-    .option('--no-engines', "skip checking which inference engines can use each device (checked only when probing this machine, since engines load this machine's libraries)")
+    .option('--no-engines', 'skip checking which inference engines can use each device (on a captured --sysroot the check uses its files: libraries present, not loaded)')
     .addOption(new Option('--watch [seconds]', 'show live telemetry (load, memory, temperature, power, clocks) every SECONDS until Ctrl-C').preset('2').argParser(positiveSeconds))
     .addOption(new Option('--count <n>', 'with --watch: stop after N readings').argParser(positiveCount))
     .addHelpText('after', `
@@ -36,7 +36,7 @@ Examples:
         throw new UsageError('EAI_CLI_USAGE', '--count limits the readings of --watch; add --watch (e.g. aios devices --watch --count 5).');
       }
       const sys = await SysRoot.open(options.sysroot);
-      const hal = createBuiltinHal();
+      const hal = createBuiltinHal({ sys });
       const devices = await hal.discover(sys);
       if (options.watch !== undefined) {
         await watch(hal, sys, devices, { seconds: options.watch, ...(options.count === undefined ? {} : { count: options.count }), json: options.json === true });
@@ -44,7 +44,7 @@ Examples:
       }
       const reports: DeviceReport[] = [];
       for (const device of devices) {
-        reports.push(options.engines && sys.isLive && device.status.state === 'ready' ? { ...device, engines: await hal.support(device) } : device);
+        reports.push(options.engines && device.status.state === 'ready' ? { ...device, engines: await hal.support(device) } : device);
       }
       process.stdout.write(options.json ? `${JSON.stringify(reports, null, 2)}\n` : render(reports));
     });

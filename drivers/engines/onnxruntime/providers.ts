@@ -95,7 +95,9 @@ export async function checkProvider(provider: Provider, device: DeviceInfo, ctx:
 
 function missingProvider(provider: Provider, lib: string, ctx: ProviderContext, device: DeviceInfo): Support {
   if (ctx.arch !== 'x64' || device.kind === 'jetson') {
-    return { ok: false, reason: `${lib} not found: onnxruntime-node from npm for linux/${ctx.arch} is CPU-only`, fix: 'build onnxruntime-node with CUDA and TensorRT on the device: deploy/jetson/build-onnxruntime-node.sh, then set AIOS_ONNXRUNTIME_NODE to the built package (see deploy/jetson/README.md)' };
+    // Jetsons are arm64 whatever machine is asking (aios devices --sysroot on an x86 laptop).
+    const arch = device.kind === 'jetson' ? 'arm64' : ctx.arch;
+    return { ok: false, reason: `${lib} not found: onnxruntime-node from npm for linux/${arch} is CPU-only`, fix: 'build onnxruntime-node with CUDA and TensorRT on the device: deploy/jetson/build-onnxruntime-node.sh, then set AIOS_ONNXRUNTIME_NODE to the built package (see deploy/jetson/README.md)' };
   }
   const which = provider === 'tensorrt' ? 'TensorRT' : 'CUDA';
   return { ok: false, reason: `${lib} not found in ${ctx.bindingDir}`, fix: `install onnxruntime's ${which} provider where the network allows: \`npx onnxruntime-node-install --onnxruntime-node-install=cuda12\` from node_modules/onnxruntime-node, or copy it from the Microsoft.ML.OnnxRuntime.Gpu.Linux NuGet package into that folder` };

@@ -54,11 +54,11 @@ describe('aios devices', () => {
     expect(plain.every((d) => d.engines === undefined)).toBe(true);
   });
 
-  it('shows a captured machine without engine checks (they load this machine\'s libraries)', async () => {
+  it('shows a captured machine with its engines checked from its files', async () => {
     const r = await aios('devices', '--sysroot', sysroot('x86-rtx4090'));
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/cuda:0000:01:00.0\s+cuda\s+NVIDIA GeForce RTX 4090\s+24.0 GiB/u);
-    expect(r.stdout).not.toContain('ENGINES');
+    expect(r.stdout).toMatch(/cuda:0000:01:00.0\s+cuda\s+NVIDIA GeForce RTX 4090\s+24.0 GiB\s+onnx,tfjs-graph,tfjs-layers\s+ready\s+-/u);
+    expect(r.stdout).toMatch(/\ncuda:0000:01:00.0: onnxruntime cannot use it: no GPU execution provider/u);
   });
 
   it('prints reason and fix under the table for an unavailable device', async () => {
@@ -156,5 +156,32 @@ describe('aios infer', () => {
     const r = await aios('infer', '--help');
     for (const flag of ['--input', '--device', '--threads', '--out', '--json']) expect(r.stdout).toContain(flag);
     expect(r.code).toBe(0);
+  });
+});
+
+describe('aios devices on captured machines: engines per device', () => {
+  const engines = async (root: string): Promise<Map<string, { engine: string; ok: boolean; reason?: string }[]>> => {
+    const r = await aios('devices', '--sysroot', sysroot(root), '--json');
+    const devices = JSON.parse(r.stdout) as { id: string; engines?: { engine: string; ok: boolean; reason?: string }[] }[];
+    return new Map(devices.map((d) => [d.id, d.engines ?? []]));
+  };
+
+  it('Raspberry Pi 5 + Coral USB: tflite drives both sticks (libedgetpu is installed there)', async () => {
+    const m = await engines('rpi5-coral-usb');
+    expect(m.get('edgetpu:usb-2-1')).toEqual([{ engine: 'tflite', ok: true }]);
+    expect(m.get('cpu:0')?.map((e) => e.engine)).toEqual(['onnxruntime', 'tflite', 'tfjs']);
+  });
+
+  it('Jetson Orin NX: the npm onnxruntime cannot use the GPU and says to build it on the device', async () => {
+    const gpu = (await engines('jetson-orin-nx-jp6')).get('jetson:gpu0');
+    const ort = gpu?.find((e) => e.engine === 'onnxruntime');
+    expect(ort?.ok).toBe(false);
+    expect(ort?.reason).toContain('onnxruntime-node from npm for linux/arm64 is CPU-only');
+    expect(gpu?.find((e) => e.engine === 'tfjs')?.reason).toBe('@tensorflow/tfjs-node-gpu is not installed');
+  });
+
+  it('x86 + RTX 4090: no GPU provider in the npm install, each reason listed', async () => {
+    const ort = (await engines('x86-rtx4090')).get('cuda:0000:01:00.0')?.find((e) => e.engine === 'onnxruntime');
+    expect(ort?.reason).toMatch(/tensorrt: .*not found.*cuda: libonnxruntime_providers_cuda.so not found.*webgpu: /u);
   });
 });
