@@ -292,6 +292,9 @@ export const LOCAL_POWER_CONTROL: PowerControl = {
       if (error && (error as NodeJS.ErrnoException).code === 'ENOENT') return resolve({ stdout: '', stderr: '', exitCode: 127 });
       resolve({ stdout, stderr, exitCode: error ? (typeof error.code === 'number' ? error.code : 1) : 0 });
     });
+    // A command that exits (or is missing) before reading its input closes the pipe: EPIPE on
+    // stdin is expected then, and the exit status above already says what happened.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(input ?? '');
   }),
 };
