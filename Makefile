@@ -5,8 +5,9 @@
 SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 # Debian packages the test suite uses: numpy checks our .npy files against NumPy itself; Vulkan
-# (Mesa) lets the WebGPU provider be asked for an adapter, which it must refuse with a reason.
-APT_PACKAGES := python3-numpy libvulkan1 mesa-vulkan-drivers
+# (Mesa) lets the WebGPU provider be asked for an adapter, which it must refuse with a reason; gcc
+# builds the stand-in Edge TPU delegate; libxrt1 is Xilinx's runtime, loaded for real (no card).
+APT_PACKAGES := python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1
 
 .PHONY: all setup apt build run test bench lint clean
 
@@ -31,6 +32,7 @@ apt:
 
 build: node_modules/.installed
 	$(NODE_BIN)/tsc -p tsconfig.json
+	@cp drivers/engines/xrt/child.mjs dist/drivers/engines/xrt/child.mjs
 	@chmod +x dist/deploy/cli/main.js
 
 # The main demo: what this machine has, then a real face detector on a real photo and a photo

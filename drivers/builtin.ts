@@ -6,6 +6,7 @@ import { jetsonProbe } from './devices/jetson.js';
 import { createOnnxruntimeEngine } from './engines/onnxruntime.js';
 import { createTfjsEngine } from './engines/tfjs.js';
 import { createTfliteEngine } from './engines/tflite.js';
+import { createXrtEngine } from './engines/xrt.js';
 import { HalRegistry } from './hal/registry.js';
 import type { SysRoot } from './hal/sysroot.js';
 
@@ -32,5 +33,6 @@ export function createBuiltinHal(options: BuiltinHalOptions = {}): HalRegistry {
     .register(cpuProbe, 0)
     .register(createOnnxruntimeEngine(sys), 10)
     .register(createTfliteEngine(sys), 8)
-    .register(createTfjsEngine(), 5);
+    .register(createTfjsEngine(), 5)
+    .register(createXrtEngine(sys), 5);
 }

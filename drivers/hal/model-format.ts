@@ -5,7 +5,8 @@ import type { ModelFormat, ModelSource } from './types.js';
 
 /**
  * Works out a model's format from what is on disk, reading only as much as it needs: a folder (or
- * a `model.json`) is TF.js, told apart by the `format` field NumPy-free converters write;
+ * a `model.json`) is TF.js, told apart by the `format` field tensorflowjs_converter writes, unless
+ * it holds an FPGA kernel descriptor (`model.xrt.json`; a `*.xrt.json` file is one too);
  * `.onnx`, `.tflite` and `.xclbin` by extension and magic bytes. An Edge TPU model is a .tflite
  * that contains the `edgetpu-custom-op` custom operator, which edgetpu_compiler inserts.
  *
@@ -18,7 +19,12 @@ export async function detectModel(modelPath: string): Promise<ModelSource> {
   } catch (cause) {
     throw new ModelError('EAI_MODEL_NOT_FOUND', `Model '${modelPath}' does not exist. Give the path of a .onnx or .tflite file, or of a TF.js model folder holding model.json.`, { cause, details: { path: modelPath } });
   }
-  if (stat.isDirectory()) return { path: modelPath, format: await tfjsFormat(path.join(modelPath, 'model.json')) };
+  if (stat.isDirectory()) {
+    // An FPGA kernel folder holds its descriptor; a TF.js folder holds model.json.
+    if (await exists(path.join(modelPath, 'model.xrt.json'))) return { path: modelPath, format: 'xclbin' };
+    return { path: modelPath, format: await tfjsFormat(path.join(modelPath, 'model.json')) };
+  }
+  if (modelPath.toLowerCase().endsWith('.xrt.json')) return { path: modelPath, format: 'xclbin' };
   const ext = path.extname(modelPath).toLowerCase();
   if (ext === '.json') return { path: path.dirname(modelPath), format: await tfjsFormat(modelPath) };
   const head = await readHead(modelPath, 8);
@@ -59,6 +65,15 @@ async function tfjsFormat(jsonPath: string): Promise<ModelFormat> {
   }
   if (model.format === 'graph-model' || Array.isArray(model.modelTopology.node)) return 'tfjs-graph';
   return 'tfjs-layers';
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await fs.access(file);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function corrupt(modelPath: string, expected: string): ModelError {

@@ -184,4 +184,9 @@ describe('aios devices on captured machines: engines per device', () => {
     const ort = (await engines('x86-rtx4090')).get('cuda:0000:01:00.0')?.find((e) => e.engine === 'onnxruntime');
     expect(ort?.reason).toMatch(/tensorrt: .*not found.*cuda: libonnxruntime_providers_cuda.so not found.*webgpu: /u);
   });
+
+  it('Alveo U50 and Kria KV260: xrt can drive the FPGA where XRT is installed', async () => {
+    expect((await engines('x86-alveo-u50')).get('fpga:0000:3b:00.1')).toEqual([{ engine: 'xrt', ok: true }]);
+    expect((await engines('kria-kv260')).get('fpga:fpga0')).toEqual([{ engine: 'xrt', ok: true }]);
+  });
 });

@@ -33,6 +33,16 @@ describe('detectModel', () => {
     expect(await detectModel(path.join(layers, 'model.json'))).toEqual({ path: layers, format: 'tfjs-layers' });
   });
 
+  it('recognises an FPGA kernel descriptor, as a file or as a folder, before TF.js', async () => {
+    const folder = path.join(dir, 'vadd');
+    await mkdir(folder);
+    await writeFile(path.join(folder, 'model.xrt.json'), '{}');
+    await writeFile(path.join(folder, 'model.json'), '{}');
+    expect(await detectModel(folder)).toEqual({ path: folder, format: 'xclbin' });
+    await writeFile(path.join(dir, 'vadd.xrt.json'), '{}');
+    expect(await detectModel(path.join(dir, 'vadd.xrt.json'))).toEqual({ path: path.join(dir, 'vadd.xrt.json'), format: 'xclbin' });
+  });
+
   it('tells an Edge TPU-compiled .tflite from a plain one by its custom op', async () => {
     const head = Buffer.from([0x1c, 0, 0, 0, 0x54, 0x46, 0x4c, 0x33]); // flatbuffer root offset + "TFL3"
     await writeFile(path.join(dir, 'plain.tflite'), Buffer.concat([head, Buffer.alloc(64)]));
