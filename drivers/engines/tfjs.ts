@@ -8,6 +8,7 @@ import { checkFeeds } from '../hal/feeds.js';
 import type { DeviceInfo, Engine, Feeds, LoadedModel, LoadOptions, ModelSource, Outputs, Support, TensorSpec } from '../hal/types.js';
 import type { DType, TensorData } from '../tensor/tensor.js';
 import { Tensor } from '../tensor/tensor.js';
+import { SerialQueue } from '../hal/serial-queue.js';
 
 /**
  * TF.js backends this engine can run on: `tensorflow` is libtensorflow through
@@ -122,7 +123,7 @@ class TfjsModel implements TfjsLoadedModel {
   readonly engine = 'tfjs';
   readonly backend: TfjsBackendName;
   readonly threads: number | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new SerialQueue();
   private disposed = false;
 
   constructor(
@@ -144,15 +145,13 @@ class TfjsModel implements TfjsLoadedModel {
     // One run at a time per model: executeAsync keeps per-graph state, and a backend switch
     // between two awaits must not interleave with another run. (This runs before the first
     // await, so the queue is extended in call order.)
-    const result = this.queue.then(() => this.runNow(feeds));
-    this.queue = result.catch(() => undefined);
-    return result;
+    return this.queue.push(() => this.runNow(feeds));
   }
 
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await this.queue;
+    await this.queue.drain();
     this.release();
   }
 

@@ -4,7 +4,7 @@ import { DeviceUnavailableError } from '../../errors.js';
 import type { SysRoot } from '../../hal/sysroot.js';
 import type { DeviceInfo } from '../../hal/types.js';
 import type { Pointer } from './c-api.js';
-import { firstLine, type LibraryAttempt, type LibraryCandidate } from './library.js';
+import { bindFirst, libraryCandidates, type LibraryCandidate } from './library.js';
 
 /** What to install when libedgetpu is missing (the probe says the same). */
 export const EDGETPU_FIX =
@@ -39,13 +39,7 @@ export interface OpenedEdgeTpu {
 
 /** Places to look for libedgetpu.so.1: explicit path, `AIOS_EDGETPU_LIB`, the loader's folders. */
 export async function edgetpuCandidates(explicit: string | undefined, sys: SysRoot): Promise<LibraryCandidate[]> {
-  const candidates: LibraryCandidate[] = [];
-  if (explicit !== undefined) candidates.push({ source: 'options.edgetpuLibrary', path: explicit });
-  const fromEnv = process.env['AIOS_EDGETPU_LIB'];
-  if (fromEnv !== undefined && fromEnv !== '') candidates.push({ source: 'AIOS_EDGETPU_LIB', path: fromEnv });
-  const system = await sys.findLibrary(EDGETPU_LIBRARY);
-  candidates.push(system === undefined ? { source: 'system', missing: `${EDGETPU_LIBRARY} is not in the dynamic loader's folders` } : { source: 'system', path: sys.resolve(system) });
-  return candidates;
+  return libraryCandidates(EDGETPU_LIBRARY, { source: 'options.edgetpuLibrary', path: explicit }, 'AIOS_EDGETPU_LIB', sys);
 }
 
 /**
@@ -53,19 +47,9 @@ export async function edgetpuCandidates(explicit: string | undefined, sys: SysRo
  * naming libedgetpu.so.1 and the package that provides it when none does.
  */
 export function loadEdgeTpu(koffi: typeof KoffiModule, candidates: readonly LibraryCandidate[]): EdgeTpuRuntime {
-  const attempts: LibraryAttempt[] = [];
-  for (const candidate of candidates) {
-    if (candidate.path === undefined) {
-      attempts.push({ source: candidate.source, error: candidate.missing ?? 'not found' });
-      continue;
-    }
-    try {
-      return bindEdgeTpu(koffi, candidate.path);
-    } catch (error) {
-      attempts.push({ source: candidate.source, path: candidate.path, error: firstLine(error) });
-    }
-  }
-  const tried = attempts.map((a) => `${a.source}${a.path === undefined ? '' : ` (${a.path})`}: ${a.error}`).join('; ');
+  const bound = bindFirst(candidates, (file) => bindEdgeTpu(koffi, file));
+  if ('value' in bound) return bound.value;
+  const { attempts, tried } = bound;
   throw new DeviceUnavailableError('EAI_HAL_ENGINE_UNAVAILABLE', `${EDGETPU_LIBRARY} (the Edge TPU runtime) could not be loaded. Tried ${tried}`, EDGETPU_FIX, { details: { engine: 'tflite', library: EDGETPU_LIBRARY, attempts } });
 }
 

@@ -4,6 +4,7 @@ import type { DeviceInfo, Feeds, LoadedModel, ModelSource, Outputs, TensorSpec }
 import { Tensor, type DType } from '../../tensor/tensor.js';
 import { TFLITE_OK, TFLITE_STATUS, type Pointer, type QuantizationParams, type TfliteApi } from './c-api.js';
 import type { EdgeTpuRecord, OpenedEdgeTpu } from './edgetpu.js';
+import { SerialQueue } from '../../hal/serial-queue.js';
 
 /** What runs a TFLite model: TFLite's own CPU kernels, XNNPACK's (float ops) on top, or the Edge TPU. */
 export type TfliteBackend = 'cpu' | 'cpu+xnnpack' | 'edgetpu';
@@ -109,7 +110,7 @@ class TfliteModel implements TfliteLoadedModel {
   readonly threads: number;
   readonly warnings: readonly string[];
   readonly libraries: TfliteLoadedModel['libraries'];
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new SerialQueue();
   private disposed = false;
 
   constructor(
@@ -140,15 +141,13 @@ class TfliteModel implements TfliteLoadedModel {
       return Promise.reject(error);
     }
     // Extended synchronously, so runs execute in call order.
-    const result = this.queue.then(() => this.runNow(feeds));
-    this.queue = result.catch(() => undefined);
-    return result;
+    return this.queue.push(() => this.runNow(feeds));
   }
 
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await this.queue;
+    await this.queue.drain();
     this.natives.release();
   }
 

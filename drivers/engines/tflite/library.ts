@@ -34,21 +34,28 @@ export interface LibraryCandidate {
  * one, built for the board), then the copy tfjs-tflite-node ships for linux x64/arm64.
  */
 export async function tfliteCandidates(explicit: string | undefined, sys: SysRoot): Promise<LibraryCandidate[]> {
+  return [...(await libraryCandidates(TFLITE_LIBRARY, { source: 'options.libraryPath', path: explicit }, 'AIOS_TFLITE_LIB', sys)), bundledLibrary()];
+}
+
+/**
+ * The usual places for a native library, in order: an explicit path, an environment variable,
+ * then the machine's loader folders (found, or recorded as missing so the error can say so).
+ */
+export async function libraryCandidates(library: string, explicit: { source: string; path: string | undefined }, envVar: string, sys: SysRoot): Promise<LibraryCandidate[]> {
   const candidates: LibraryCandidate[] = [];
-  if (explicit !== undefined) candidates.push({ source: 'options.libraryPath', path: explicit });
-  const fromEnv = process.env['AIOS_TFLITE_LIB'];
-  if (fromEnv !== undefined && fromEnv !== '') candidates.push({ source: 'AIOS_TFLITE_LIB', path: fromEnv });
-  const system = await sys.findLibrary(TFLITE_LIBRARY);
-  candidates.push(system === undefined ? { source: 'system', missing: `${TFLITE_LIBRARY} is not in the dynamic loader's folders` } : { source: 'system', path: sys.resolve(system) });
-  candidates.push(bundledLibrary());
+  if (explicit.path !== undefined) candidates.push({ source: explicit.source, path: explicit.path });
+  const fromEnv = process.env[envVar];
+  if (fromEnv !== undefined && fromEnv !== '') candidates.push({ source: envVar, path: fromEnv });
+  const system = await sys.findLibrary(library);
+  candidates.push(system === undefined ? { source: 'system', missing: `${library} is not in the dynamic loader's folders` } : { source: 'system', path: sys.resolve(system) });
   return candidates;
 }
 
 /**
- * Loads the first candidate that binds. Throws DeviceUnavailableError EAI_HAL_ENGINE_UNAVAILABLE
- * listing every place tried when none does, with the install that fixes it.
+ * Binds the first candidate that loads; otherwise returns every attempt and a one-line summary
+ * ("system (/usr/lib/...): wrong ELF class; ...") for the caller's error.
  */
-export function loadTflite(koffi: typeof KoffiModule, candidates: readonly LibraryCandidate[]): TfliteApi {
+export function bindFirst<T>(candidates: readonly LibraryCandidate[], bind: (path: string) => T): { value: T } | { attempts: LibraryAttempt[]; tried: string } {
   const attempts: LibraryAttempt[] = [];
   for (const candidate of candidates) {
     if (candidate.path === undefined) {
@@ -56,12 +63,22 @@ export function loadTflite(koffi: typeof KoffiModule, candidates: readonly Libra
       continue;
     }
     try {
-      return bindTflite(koffi, candidate.path);
+      return { value: bind(candidate.path) };
     } catch (error) {
       attempts.push({ source: candidate.source, path: candidate.path, error: firstLine(error) });
     }
   }
-  const tried = attempts.map((a) => `${a.source}${a.path === undefined ? '' : ` (${a.path})`}: ${a.error}`).join('; ');
+  return { attempts, tried: attempts.map((a) => `${a.source}${a.path === undefined ? '' : ` (${a.path})`}: ${a.error}`).join('; ') };
+}
+
+/**
+ * Loads the first candidate that binds. Throws DeviceUnavailableError EAI_HAL_ENGINE_UNAVAILABLE
+ * listing every place tried when none does, with the install that fixes it.
+ */
+export function loadTflite(koffi: typeof KoffiModule, candidates: readonly LibraryCandidate[]): TfliteApi {
+  const bound = bindFirst(candidates, (file) => bindTflite(koffi, file));
+  if ('value' in bound) return bound.value;
+  const { attempts, tried } = bound;
   throw new DeviceUnavailableError(
     'EAI_HAL_ENGINE_UNAVAILABLE',
     `The TFLite C library (${TFLITE_LIBRARY}) could not be loaded. Tried ${tried}`,

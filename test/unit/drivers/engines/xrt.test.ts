@@ -196,7 +196,16 @@ describe('the worker script', () => {
   });
 
   it('is found in the package source tree from a dist/ build, which tsc leaves without .mjs files', () => {
-    expect(resolveChildScript(pathToFileURL(path.join(repo, 'dist/drivers/engines/xrt/worker.js')).href)).toBe(child);
+    // A package laid out like an npm install of aios whose dist/ lacks the script.
+    const pkg = path.join(dir, 'aios-package');
+    mkdirSync(path.join(pkg, 'drivers/engines/xrt'), { recursive: true });
+    mkdirSync(path.join(pkg, 'dist/drivers/engines/xrt'), { recursive: true });
+    writeFileSync(path.join(pkg, 'package.json'), JSON.stringify({ name: 'aios', version: '0.0.0' }));
+    writeFileSync(path.join(pkg, 'drivers/engines/xrt/child.mjs'), '');
+    expect(resolveChildScript(pathToFileURL(path.join(pkg, 'dist/drivers/engines/xrt/worker.js')).href)).toBe(path.join(pkg, 'drivers/engines/xrt/child.mjs'));
+    // make build copies it beside the compiled worker, which is then preferred.
+    writeFileSync(path.join(pkg, 'dist/drivers/engines/xrt/child.mjs'), '');
+    expect(resolveChildScript(pathToFileURL(path.join(pkg, 'dist/drivers/engines/xrt/worker.js')).href)).toBe(path.join(pkg, 'dist/drivers/engines/xrt/child.mjs'));
   });
 
   it('is a clear EAI_XRT_UNAVAILABLE outside any aios package', () => {
