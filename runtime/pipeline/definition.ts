@@ -26,9 +26,11 @@ export interface NodeContext<P> {
   readonly signal: AbortSignal;
   /**
    * Sends a value out of an output port. `from` is the input it derives from, whose sensor time,
-   * arrival time and origin the output keeps; a source passes its own times instead.
+   * arrival time and origin the output keeps; a source passes its own times instead. Returns a
+   * promise when a downstream queue with the `block` policy is full: sources should await it
+   * (stages need not: the executor waits before giving them the next message).
    */
-  emit(port: string, value: unknown, from: Omit<Envelope, 'value'>): void;
+  emit(port: string, value: unknown, from: Omit<Envelope, 'value'>): void | Promise<void>;
   /** Reports a problem that does not stop the node (rate-limited by the pipeline). */
   warn(message: string, cause?: unknown): void;
   /** Services shared by the pipeline: the resource pool, the HAL (for `infer`), callbacks. */

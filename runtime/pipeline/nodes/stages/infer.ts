@@ -1,0 +1,129 @@
+import path from 'node:path';
+import { Type } from '@sinclair/typebox';
+import { createBuiltinHal } from '../../../../drivers/builtin.js';
+import { AiosError } from '../../../../drivers/errors.js';
+import { detectModel } from '../../../../drivers/hal/model-format.js';
+import type { TensorSpec } from '../../../../drivers/hal/types.js';
+import { Tensor } from '../../../../drivers/tensor/tensor.js';
+import { InferenceService } from '../../../inference/inference-service.js';
+import { ResourcePool } from '../../../resource-pool.js';
+import { defineNode, PortTypeMismatch, type ConfigProblem } from '../../definition.js';
+import { describe, type PortType } from '../../port-types.js';
+
+const Params = Type.Object(
+  {
+    model: Type.String({ description: 'model file (.onnx, .tflite, .xrt.json) or TF.js folder, relative to the pipeline file' }),
+    devices: Type.Optional(Type.Array(Type.String(), { description: "device kinds or ids, best first (e.g. ['jetson', 'cuda', 'cpu']); default: accelerators first" })),
+    threads: Type.Optional(Type.Integer({ minimum: 1 })),
+    input: Type.Optional(Type.String({ description: "the model input the 'in' port feeds (default: the model's only input)" })),
+    engine: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'engine options, e.g. { provider: tensorrt, fp16: true }' })),
+  },
+  { additionalProperties: false },
+);
+
+/**
+ * `infer`: runs a model on every message through an InferenceService. The `in` port takes one
+ * tensor (fed to the model's only input, or to `params.input`) or a record of tensors by input
+ * name; `out` carries all the model's outputs as a record of tensors (PortType `tensors`).
+ *
+ * Validation loads the model's signature once (cached) to check the upstream tensor type
+ * against the model's input — an image of 640×480 into a model wanting [1, 128, 128, 3] is
+ * reported with both — and asks the HAL whether any listed device can run it.
+ */
+export const inferStage = defineNode({
+  use: 'infer',
+  role: 'stage',
+  description: 'run a model on each message (onnx, tflite, tfjs, xclbin) on the best device in the preference list',
+  params: Params,
+  inputs: ['in'],
+  outputs: ['out'],
+
+  async types(params, inputs) {
+    // Types are checked in `check`, which knows the pipeline's folder; here only the shape of the output.
+    const upstream = inputs['in'];
+    if (upstream !== undefined && upstream.kind !== 'tensor' && upstream.kind !== 'tensors' && upstream.kind !== 'any') {
+      throw new PortTypeMismatch('in', `${describe(upstream)} cannot feed model ${params.model}, which takes tensors: add an image.normalize or image.to_tensor stage before it`);
+    }
+    return { out: { kind: 'tensors' } };
+  },
+
+  async check(params, env) {
+    const problems: ConfigProblem[] = [];
+    const file = path.resolve(env.baseDir, params.model);
+    let signature: readonly TensorSpec[];
+    try {
+      signature = await modelInputs(file, params.devices);
+    } catch (error) {
+      problems.push({ path: ['params', error instanceof AiosError && error.code.startsWith('EAI_HAL') ? 'devices' : 'model'], message: error instanceof Error ? error.message.split('\n').join(' ') : String(error) });
+      return problems;
+    }
+    const upstream = env.inputs['in'];
+    const target = params.input === undefined ? (signature.length === 1 ? signature[0] : undefined) : signature.find((s) => s.name === params.input);
+    if (params.input !== undefined && target === undefined) {
+      problems.push({ path: ['params', 'input'], message: `model ${params.model} has no input '${params.input}'; its inputs: ${signature.map((s) => s.name).join(', ')}` });
+    } else if (params.input === undefined && signature.length > 1 && upstream?.kind === 'tensor') {
+      problems.push({ path: ['params', 'input'], message: `model ${params.model} has ${signature.length} inputs (${signature.map((s) => s.name).join(', ')}): say which one 'in' feeds, or feed a record of tensors` });
+    } else if (target !== undefined && upstream?.kind === 'tensor') {
+      const wanted: PortType = { kind: 'tensor', dtype: target.dtype, shape: target.shape };
+      const sameRank = upstream.shape === null || upstream.shape.length === target.shape.length;
+      const fits = sameRank && (upstream.dtype === null || upstream.dtype === target.dtype) && (upstream.shape === null || upstream.shape.every((d, i) => d === null || target.shape[i] === null || target.shape[i] === d));
+      if (!fits) problems.push({ path: ['params', 'model'], message: `the upstream ${describe(upstream)} does not fit input '${target.name}' of ${params.model}, which takes ${describe(wanted)}: add an image.resize / image.normalize stage to match` });
+    }
+    return problems;
+  },
+
+  async start(ctx) {
+    const hal = createBuiltinHal();
+    const service = new InferenceService(path.resolve(ctx.baseDir, ctx.params.model), {
+      hal,
+      pool: await sharedPool(),
+      name: ctx.name,
+      ...(ctx.params.devices === undefined ? {} : { devices: ctx.params.devices }),
+      ...(ctx.params.threads === undefined ? {} : { threads: ctx.params.threads }),
+      ...(ctx.params.engine === undefined ? {} : { engineOptions: ctx.params.engine }),
+    });
+    await service.start();
+    const inputName = ctx.params.input ?? service.inputs[0]?.name ?? 'input';
+    return { service, inputName };
+  },
+
+  async process(_port, message, ctx, state) {
+    const value = message.value;
+    const feeds = value instanceof Tensor ? { [state.inputName]: value } : (value as Record<string, Tensor>);
+    const outputs = await state.service.infer(feeds);
+    await ctx.emit('out', outputs, message);
+  },
+
+  async stop(_ctx, state) {
+    await state?.service.stop();
+  },
+});
+
+let pool: Promise<ResourcePool> | undefined;
+/** One pool per process, so every infer stage's reservations meet. */
+function sharedPool(): Promise<ResourcePool> {
+  pool ??= ResourcePool.discover(createBuiltinHal());
+  return pool;
+}
+
+const signatures = new Map<string, Promise<readonly TensorSpec[]>>();
+/** A model's input specs, loading it once on a device it can run on; also proves placement. */
+function modelInputs(file: string, devices: readonly string[] | undefined): Promise<readonly TensorSpec[]> {
+  const key = `${file}|${(devices ?? []).join(',')}`;
+  let found = signatures.get(key);
+  if (found === undefined) {
+    found = (async () => {
+      await detectModel(file);
+      const service = new InferenceService(file, { pool: await sharedPool(), ...(devices === undefined ? {} : { devices }) });
+      await service.start();
+      try {
+        return service.inputs;
+      } finally {
+        await service.stop();
+      }
+    })();
+    found.catch(() => signatures.delete(key));
+    signatures.set(key, found);
+  }
+  return found;
+}
