@@ -54,6 +54,7 @@ test: setup
 bench: build
 	node dist/bench/inference-overhead.js
 	node dist/bench/engines.js
+	node dist/bench/pipeline-hops.js
 
 lint: node_modules/.installed
 	$(NODE_BIN)/tsc -p tsconfig.test.json
