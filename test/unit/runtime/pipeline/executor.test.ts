@@ -91,3 +91,27 @@ describe('pipeline execution', () => {
     expect(pipeline.stats().nodes.find((x) => x.node === 'twice')?.queued).toBe(0);
   });
 });
+
+describe('user stage modules', () => {
+  it('loads a stage from a module path relative to the pipeline and runs it', async () => {
+    const collected: Record<string, unknown[]> = {};
+    const cfg = {
+      name: 'user',
+      sources: { numbers: { use: 'test.count', params: { count: 3 } } },
+      stages: { scale: { use: './scale-stage.mjs', params: { factor: 10 } } },
+      sinks: { out: { use: 'test.collect' } },
+      flows: ['numbers -> scale', 'scale -> out'],
+    };
+    const pipeline = await Pipeline.fromConfig(cfg, { kinds: testKinds(), extra: { collected }, statsIntervalMs: 0, baseDir: new URL('../../../fixtures/pipelines/', import.meta.url).pathname });
+    const done = pipeline.finished();
+    await pipeline.start();
+    await done;
+    await pipeline.stop();
+    expect(collected['out']).toEqual([0, 10, 20]);
+  });
+
+  it('a module that exports no node definition is a config error naming what to export', async () => {
+    const cfg = { name: 'bad', sources: { numbers: { use: 'test.count' } }, stages: { x: { use: './does-not-exist.mjs' } }, sinks: { out: { use: 'test.collect' } }, flows: ['numbers -> x', 'x -> out'] };
+    await expect(Pipeline.fromConfig(cfg, { kinds: testKinds(), baseDir: new URL('../../../fixtures/pipelines/', import.meta.url).pathname })).rejects.toThrow(/stages\.x\.use: cannot load the node module \.\/does-not-exist\.mjs/u);
+  });
+});
