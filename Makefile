@@ -6,8 +6,9 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 # Debian packages the test suite uses: numpy checks our .npy files against NumPy itself; Vulkan
 # (Mesa) lets the WebGPU provider be asked for an adapter, which it must refuse with a reason; gcc
-# builds the stand-in Edge TPU delegate; libxrt1 is Xilinx's runtime, loaded for real (no card).
-APT_PACKAGES := python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1
+# builds the stand-in Edge TPU delegate; libxrt1 is Xilinx's runtime, loaded for real (no card);
+# Mosquitto is the broker the MQTT sink publishes to; ffmpeg decodes video and audio sources.
+APT_PACKAGES := ffmpeg python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1 mosquitto mosquitto-clients
 
 .PHONY: all setup apt build run test bench lint clean
 
@@ -35,16 +36,16 @@ build: node_modules/.installed
 	@cp drivers/engines/xrt/child.mjs dist/drivers/engines/xrt/child.mjs
 	@chmod +x dist/deploy/cli/main.js
 
-# The main demo: what this machine has, then a real face detector on a real photo and a photo
-# without a face, through the same InferenceService API applications use.
-run: build
+# The main demo: what this machine has, a real face detector on a real photo and a photo without
+# a face (the InferenceService API), then the face-detection pipeline on real video for a few
+# seconds with its per-stage table (recorded to out/face-detection.mcap).
+run: setup build
 	node dist/deploy/cli/main.js devices
 	@echo
 	node dist/examples/face-score.js models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx \
 	  test/fixtures/inputs/blazeface128-face.npy test/fixtures/inputs/blazeface128-noface.npy
 	@echo
-	node dist/deploy/cli/main.js infer models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx \
-	  --input input:0=test/fixtures/inputs/blazeface128-face.npy
+	node dist/deploy/cli/main.js run examples/pipelines/face-detection.yaml --for 5s --stats
 
 test: setup
 	$(NODE_BIN)/tsc -p tsconfig.test.json

@@ -27,3 +27,12 @@ export type { InferenceServiceOptions, ServiceStats } from './runtime/inference/
 export { InferenceService, ServiceError } from './runtime/inference/inference-service.js';
 export { getDevice } from './runtime/get-device.js';
 export { VERSION } from './runtime/version.js';
+export type { CheckEnv, ConfigProblem, Envelope, NodeContext, NodeDefinition, PipelineServices } from './runtime/pipeline/definition.js';
+export { defineNode, PortTypeMismatch } from './runtime/pipeline/definition.js';
+export type { PortType } from './runtime/pipeline/port-types.js';
+export type { PipelineOptions, PipelineStats } from './runtime/pipeline/pipeline.js';
+export { Pipeline } from './runtime/pipeline/pipeline.js';
+export type { ConfigIssue } from './runtime/pipeline/config-error.js';
+export { ConfigError } from './runtime/pipeline/config-error.js';
+export { NodeKinds } from './runtime/pipeline/node-kinds.js';
+export { builtinNodeKinds } from './runtime/pipeline/nodes/builtin.js';

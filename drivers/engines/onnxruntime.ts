@@ -174,8 +174,10 @@ class OnnxModel implements LoadedModel {
     checkFeeds(this.inputs, feeds, this.model.path);
     const ortFeeds: Record<string, Ort.Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) {
-      // Zero-copy: ort.Tensor wraps the same typed array.
-      ortFeeds[name] = new this.ort.Tensor(ORT_TYPE[t.dtype], t.data as Ort.Tensor.DataType, t.shape as number[]);
+      // Zero-copy: ort.Tensor wraps the same typed array. The Node binding refuses memory shared
+      // between threads (frames from a worker pool), so those alone are copied once.
+      const data = typeof SharedArrayBuffer !== 'undefined' && t.data.buffer instanceof SharedArrayBuffer ? t.data.slice() : t.data;
+      ortFeeds[name] = new this.ort.Tensor(ORT_TYPE[t.dtype], data as Ort.Tensor.DataType, t.shape as number[]);
     }
     const results = await this.session.run(ortFeeds);
     const out: Outputs = {};

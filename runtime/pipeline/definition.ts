@@ -13,6 +13,11 @@ export interface Envelope<T = unknown> {
   readonly origin: string;
   /** Sequence number at the origin, for tracing a result back to its frame. */
   readonly seq: number;
+  /**
+   * The upstream end (`node.port`, e.g. `detect.out`) of the flow this message arrived along; set
+   * by the executor on delivery. Sinks fed by several flows file messages under it.
+   */
+  readonly via?: string;
 }
 
 /** Everything a node sees of the running pipeline. */

@@ -141,7 +141,7 @@ export class Executor extends EventEmitter {
           const inbox = target?.inboxes.find((i) => i.edge === edge);
           if (target === undefined || inbox === undefined) continue;
           target.stats.in++;
-          const { dropped, room } = inbox.queue.offer({ port: edge.to.port, message: { ...from, value } });
+          const { dropped, room } = inbox.queue.offer({ port: edge.to.port, message: { ...from, value, via: `${edge.from.node}.${edge.from.port}` } });
           if (dropped !== undefined) target.stats.dropped++;
           if (room !== undefined) (waits ??= []).push(room);
         }

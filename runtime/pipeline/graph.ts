@@ -124,17 +124,20 @@ export async function buildGraph(parsed: ParsedPipeline, kinds: NodeKinds): Prom
       for (const e of edges.filter((x) => x.to.node === name)) {
         const t = outputTypes.get(e.from.node)?.[e.from.port] ?? ANY;
         const already = inputs[e.to.port];
-        if (already !== undefined && !compatible(t, already).ok && !compatible(already, t).ok) {
+        // A sink records whatever reaches it; a stage port fed by two flows must get one type.
+        if (already !== undefined && node.section === 'stages' && !compatible(t, already).ok && !compatible(already, t).ok) {
           issue(flowPath(config.flows, e), `${e.to.node}.${e.to.port} receives ${describe(already)} and ${describe(t)} from different flows`);
         }
-        inputs[e.to.port] = t;
+        inputs[e.to.port] ??= t;
       }
       try {
         outputTypes.set(name, (await node.definition.types?.(node.params as never, inputs)) ?? Object.fromEntries(node.definition.outputs.map((p) => [p, ANY])));
       } catch (error) {
-        if (error instanceof PortTypeMismatch) {
-          const e = edges.find((x) => x.to.node === name && x.to.port === error.port) ?? edges.find((x) => x.to.node === name);
-          issue(e === undefined ? [node.section, name] : flowPath(config.flows, e), `${e === undefined ? '' : `${e.from.node}.${e.from.port} -> ${name}.${error.port}: `}${error.message}`);
+        // By shape as well as class: a user module may bring its own copy of PortTypeMismatch.
+        if (error instanceof PortTypeMismatch || (error instanceof Error && error.name === 'PortTypeMismatch' && typeof (error as { port?: unknown }).port === 'string')) {
+          const port = (error as PortTypeMismatch).port;
+          const e = edges.find((x) => x.to.node === name && x.to.port === port) ?? edges.find((x) => x.to.node === name);
+          issue(e === undefined ? [node.section, name] : flowPath(config.flows, e), `${e === undefined ? '' : `${e.from.node}.${e.from.port} -> ${name}.${port}: `}${error.message}`);
         } else {
           issue([node.section, name], `cannot work out ${name}'s output types: ${error instanceof Error ? error.message : String(error)}`);
         }
@@ -171,7 +174,7 @@ async function resolveKind(use: string, section: Section, kinds: NodeKinds, base
       return undefined;
     }
   } else {
-    definition = kinds.get(use);
+    definition = kinds.get(use, role) ?? kinds.get(use);
   }
   if (definition === undefined) {
     const known = kinds.list(role).map((k) => k.use);

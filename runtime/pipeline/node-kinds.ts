@@ -4,7 +4,8 @@ import type { NodeDefinition } from './definition.js';
 
 /**
  * The node kinds a pipeline may `use`: built-ins registered by the composition root, plus user
- * modules named by path (`use: ./stages/lane-filter.js`), loaded on demand. An instance, so tests
+ * modules named by path (`use: ./stages/lane-filter.js`), loaded on demand. A name is unique per
+ * role, so `mcap` can be both a source (replay) and a sink (recording). An instance, so tests
  * and embedding applications each have their own.
  */
 export class NodeKinds {
@@ -12,14 +13,17 @@ export class NodeKinds {
 
   register(...definitions: readonly NodeDefinition[]): this {
     for (const d of definitions) {
-      if (this.kinds.has(d.use)) throw new Error(`A node kind '${d.use}' is already registered.`);
-      this.kinds.set(d.use, d);
+      const key = `${d.role}:${d.use}`;
+      if (this.kinds.has(key)) throw new Error(`A ${d.role} kind '${d.use}' is already registered.`);
+      this.kinds.set(key, d);
     }
     return this;
   }
 
-  get(use: string): NodeDefinition | undefined {
-    return this.kinds.get(use);
+  /** The kind named `use` for `role`; without a role, the first of any role (for error messages). */
+  get(use: string, role?: NodeDefinition['role']): NodeDefinition | undefined {
+    if (role !== undefined) return this.kinds.get(`${role}:${use}`);
+    return [...this.kinds.values()].find((d) => d.use === use);
   }
 
   list(role?: NodeDefinition['role']): NodeDefinition[] {

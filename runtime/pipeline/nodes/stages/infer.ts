@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { Type } from '@sinclair/typebox';
 import { createBuiltinHal } from '../../../../drivers/builtin.js';
-import { AiosError } from '../../../../drivers/errors.js';
+import { PlacementError } from '../../../../drivers/errors.js';
 import { detectModel } from '../../../../drivers/hal/model-format.js';
 import type { TensorSpec } from '../../../../drivers/hal/types.js';
 import { Tensor } from '../../../../drivers/tensor/tensor.js';
@@ -54,7 +54,7 @@ export const inferStage = defineNode({
     try {
       signature = await modelInputs(file, params.devices);
     } catch (error) {
-      problems.push({ path: ['params', error instanceof AiosError && error.code.startsWith('EAI_HAL') ? 'devices' : 'model'], message: error instanceof Error ? error.message.split('\n').join(' ') : String(error) });
+      problems.push({ path: ['params', error instanceof PlacementError ? 'devices' : 'model'], message: error instanceof Error ? error.message.split('\n').join(' ') : String(error) });
       return problems;
     }
     const upstream = env.inputs['in'];
