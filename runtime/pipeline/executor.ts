@@ -33,6 +33,8 @@ interface RunningNode {
   readonly ctx: NodeContext<unknown>;
   state: unknown;
   busy: boolean;
+  /** Room promises of `block` queues this node filled while processing the current message. */
+  pendingRoom: Promise<void>[];
   lastWarn: number;
   suppressed: number;
 }
@@ -63,7 +65,7 @@ export class Executor extends EventEmitter {
     super();
     for (const node of graph.nodes) {
       const inboxes = graph.edges.filter((e) => e.to.node === node.name).map((edge) => ({ edge, queue: new BoundedQueue<{ port: string; message: Envelope }>(edge.queue.size, edge.queue.full) }));
-      const running: RunningNode = { node, inboxes, stats: new NodeStats(node.name, node.definition.use), ctx: undefined as unknown as NodeContext<unknown>, state: undefined, busy: false, lastWarn: Number.NEGATIVE_INFINITY, suppressed: 0 };
+      const running: RunningNode = { node, inboxes, stats: new NodeStats(node.name, node.definition.use), ctx: undefined as unknown as NodeContext<unknown>, state: undefined, busy: false, pendingRoom: [], lastWarn: Number.NEGATIVE_INFINITY, suppressed: 0 };
       (running as { ctx: NodeContext<unknown> }).ctx = this.contextFor(running);
       this.nodes.set(node.name, running);
     }
@@ -145,7 +147,12 @@ export class Executor extends EventEmitter {
           if (dropped !== undefined) target.stats.dropped++;
           if (room !== undefined) (waits ??= []).push(room);
         }
-        return waits === undefined ? undefined : Promise.all(waits).then(() => undefined);
+        if (waits === undefined) return undefined;
+        const room = Promise.all(waits).then(() => undefined);
+        // A stage that does not return the promise is still held back: the executor waits for it
+        // before handing over the next message, so a `block` queue never grows past its size.
+        running.pendingRoom.push(room);
+        return room;
       },
     };
   }
@@ -195,6 +202,10 @@ export class Executor extends EventEmitter {
       try {
         const pending = running.node.definition.process?.(port, message, running.ctx, running.state);
         if (pending !== undefined) await pending;
+        if (running.pendingRoom.length > 0) {
+          const rooms = running.pendingRoom.splice(0);
+          await Promise.all(rooms);
+        }
         const t1 = performance.now();
         running.stats.processed(t1 - message.arrivalMs, t1 - t0);
       } catch (error) {

@@ -11,6 +11,8 @@ import { lidarSource } from './sources/lidar.js';
 import { mcapSource } from './sources/mcap.js';
 import { syntheticSource } from './sources/synthetic.js';
 import { videoSource } from './sources/video.js';
+import { audioToTensor } from './stages/audio-to-tensor.js';
+import { decodeActivity } from './stages/decode-activity.js';
 import { decodeBlazeface } from './stages/decode-blazeface.js';
 import { decodeClasses } from './stages/decode-classes.js';
 import { decodeKeypoints } from './stages/decode-keypoints.js';
@@ -34,8 +36,8 @@ export function builtinNodeKinds(): NodeKinds {
     // sources
     videoSource, audioSource, syntheticSource, lidarSource, gnssSource, canSource, mcapSource,
     // stages
-    imageResize, imageCrop, imageConvert, imageNormalize, imageToTensor, inferStage,
-    decodeBlazeface, decodeSsd, decodeClasses, decodeKeypoints, syncStage, throttleStage, filterStage,
+    imageResize, imageCrop, imageConvert, imageNormalize, imageToTensor, audioToTensor, inferStage,
+    decodeBlazeface, decodeActivity, decodeSsd, decodeClasses, decodeKeypoints, syncStage, throttleStage, filterStage,
     // sinks
     mcapSink, fileSink, stdoutSink, callbackSink, mqttSink,
   );

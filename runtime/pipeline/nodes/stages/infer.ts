@@ -17,6 +17,12 @@ const Params = Type.Object(
     threads: Type.Optional(Type.Integer({ minimum: 1 })),
     input: Type.Optional(Type.String({ description: "the model input the 'in' port feeds (default: the model's only input)" })),
     engine: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'engine options, e.g. { provider: tensorrt, fp16: true }' })),
+    constants: Type.Optional(
+      Type.Record(Type.String(), Type.Object({ dtype: Type.Union([Type.Literal('float32'), Type.Literal('int32'), Type.Literal('int64')]), value: Type.Union([Type.Number(), Type.Array(Type.Number())]) }, { additionalProperties: false }), {
+        description: 'model inputs fed the same value every run, e.g. { sr: { dtype: int64, value: 16000 } }',
+      }),
+    ),
+    state: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'recurrent state: output name -> input name it feeds on the next run (zeros at first), e.g. { hn: h, cn: c }' })),
   },
   { additionalProperties: false },
 );
@@ -58,11 +64,16 @@ export const inferStage = defineNode({
       return problems;
     }
     const upstream = env.inputs['in'];
-    const target = params.input === undefined ? (signature.length === 1 ? signature[0] : undefined) : signature.find((s) => s.name === params.input);
+    const fixed = new Set([...Object.keys(params.constants ?? {}), ...Object.values(params.state ?? {})]);
+    for (const name of fixed) {
+      if (!signature.some((s) => s.name === name)) problems.push({ path: ['params', Object.keys(params.constants ?? {}).includes(name) ? 'constants' : 'state'], message: `model ${params.model} has no input '${name}'; its inputs: ${signature.map((s) => s.name).join(', ')}` });
+    }
+    const fed = signature.filter((s) => !fixed.has(s.name));
+    const target = params.input === undefined ? (fed.length === 1 ? fed[0] : undefined) : signature.find((s) => s.name === params.input);
     if (params.input !== undefined && target === undefined) {
       problems.push({ path: ['params', 'input'], message: `model ${params.model} has no input '${params.input}'; its inputs: ${signature.map((s) => s.name).join(', ')}` });
-    } else if (params.input === undefined && signature.length > 1 && upstream?.kind === 'tensor') {
-      problems.push({ path: ['params', 'input'], message: `model ${params.model} has ${signature.length} inputs (${signature.map((s) => s.name).join(', ')}): say which one 'in' feeds, or feed a record of tensors` });
+    } else if (params.input === undefined && fed.length > 1 && upstream?.kind === 'tensor') {
+      problems.push({ path: ['params', 'input'], message: `model ${params.model} has ${fed.length} inputs not given as constants or state (${fed.map((s) => s.name).join(', ')}): say which one 'in' feeds, or feed a record of tensors` });
     } else if (target !== undefined && upstream?.kind === 'tensor') {
       const wanted: PortType = { kind: 'tensor', dtype: target.dtype, shape: target.shape };
       const sameRank = upstream.shape === null || upstream.shape.length === target.shape.length;
@@ -83,14 +94,27 @@ export const inferStage = defineNode({
       ...(ctx.params.engine === undefined ? {} : { engineOptions: ctx.params.engine }),
     });
     await service.start();
-    const inputName = ctx.params.input ?? service.inputs[0]?.name ?? 'input';
-    return { service, inputName };
+    const fixed = new Set([...Object.keys(ctx.params.constants ?? {}), ...Object.values(ctx.params.state ?? {})]);
+    const inputName = ctx.params.input ?? service.inputs.find((s) => !fixed.has(s.name))?.name ?? 'input';
+    const constants: Record<string, Tensor> = {};
+    for (const [name, c] of Object.entries(ctx.params.constants ?? {})) constants[name] = constantTensor(c.dtype, c.value, service.inputs.find((s) => s.name === name));
+    // Recurrent state starts at zeros in the shape the model declares (dynamic dimensions as 1).
+    const recurrent: Record<string, Tensor> = {};
+    for (const input of Object.values(ctx.params.state ?? {})) {
+      const spec = service.inputs.find((s) => s.name === input);
+      if (spec !== undefined) recurrent[input] = Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
+    }
+    return { service, inputName, constants, recurrent };
   },
 
   async process(_port, message, ctx, state) {
     const value = message.value;
-    const feeds = value instanceof Tensor ? { [state.inputName]: value } : (value as Record<string, Tensor>);
-    const outputs = await state.service.infer(feeds);
+    const given = value instanceof Tensor ? { [state.inputName]: value } : (value as Record<string, Tensor>);
+    const outputs = await state.service.infer({ ...state.constants, ...state.recurrent, ...given });
+    for (const [output, input] of Object.entries(ctx.params.state ?? {})) {
+      const next = outputs[output];
+      if (next !== undefined) state.recurrent[input] = next;
+    }
     await ctx.emit('out', outputs, message);
   },
 
@@ -98,6 +122,14 @@ export const inferStage = defineNode({
     await state?.service.stop();
   },
 });
+
+function constantTensor(dtype: 'float32' | 'int32' | 'int64', value: number | number[], spec: TensorSpec | undefined): Tensor {
+  const values = Array.isArray(value) ? value : [value];
+  const shape = spec !== undefined && spec.shape.length === 0 && values.length === 1 ? [] : [values.length];
+  if (dtype === 'int64') return new Tensor('int64', shape, BigInt64Array.from(values, (v) => BigInt(Math.trunc(v))));
+  if (dtype === 'int32') return new Tensor('int32', shape, Int32Array.from(values));
+  return new Tensor('float32', shape, Float32Array.from(values));
+}
 
 let pool: Promise<ResourcePool> | undefined;
 /** One pool per process, so every infer stage's reservations meet. */
