@@ -1,5 +1,6 @@
 import { SensorError } from './errors.js';
-import { assertInputExists, ffmpegFrames, inputArgs, inputKind, sleepUntil, wallClock, type InputKind } from './ffmpeg.js';
+import { sleepUntil, wallClock } from './clock.js';
+import { assertInputExists, ffmpegFrames, inputArgs, inputKind, type InputKind } from './ffmpeg.js';
 import type { AudioFrame, Sensor, SensorMessage } from './types.js';
 
 export interface AudioOptions {

@@ -3,6 +3,7 @@ import { accessSync, constants } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { SensorError } from './errors.js';
+import { FrameRing } from './frame-ring.js';
 
 /**
  * ffmpeg as a sensor back end: it opens files, network streams and capture devices, decodes and
@@ -76,51 +77,7 @@ export function findFfmpeg(name = 'ffmpeg'): string | undefined {
   return undefined;
 }
 
-/**
- * Reusable frame buffers carved from one SharedArrayBuffer, so frames can go to worker threads
- * without a copy and a stream never allocates per frame.
- *
- * Ownership: `take` hands a free buffer to the producer; `deliver` marks it handed to the
- * consumer; a delivered buffer becomes free again once `hold` later buffers have been delivered,
- * so a frame stays intact while it is one of the `hold` newest the consumer has received. `release` returns a
- * buffer that was never delivered (a dropped or unfinished frame). `hold + spare` buffers exist,
- * `spare` covering the producer's frame in progress and its queue. Not thread-safe: one producer
- * and one consumer on the same event loop.
- */
-export class FramePool {
-  readonly frameBytes: number;
-  private readonly free: Uint8Array[] = [];
-  private readonly held: Uint8Array[] = [];
-
-  constructor(
-    frameBytes: number,
-    readonly hold: number,
-    spare: number,
-  ) {
-    this.frameBytes = frameBytes;
-    const count = hold + spare;
-    const shared = new SharedArrayBuffer(frameBytes * count);
-    for (let i = count - 1; i >= 0; i--) this.free.push(new Uint8Array(shared, i * frameBytes, frameBytes));
-  }
-
-  take(): Uint8Array {
-    const buffer = this.free.pop();
-    // Unreachable while callers keep at most `spare` buffers taken or queued: a bug, not input.
-    if (buffer === undefined) throw new Error('FramePool exhausted: more frames in flight than its spare buffers');
-    return buffer;
-  }
-
-  deliver(buffer: Uint8Array): void {
-    this.held.push(buffer);
-    if (this.held.length > this.hold) this.free.push(this.held.shift() as Uint8Array);
-  }
-
-  release(buffer: Uint8Array): void {
-    this.free.push(buffer);
-  }
-}
-
-/** One frame of ffmpeg's output, in a `FramePool` buffer (see its ownership rules). */
+/** One frame of ffmpeg's output, in a `FrameRing` buffer (see its ownership rules). */
 export interface RawFrame {
   readonly data: Uint8Array;
   /** Position in this ffmpeg run's output, from 0; frames dropped for a slow reader leave gaps. */
@@ -139,7 +96,7 @@ export interface FfmpegFramesOptions {
   /** Arguments after the executable; `-hide_banner -nostdin -nostats` are prepended. */
   readonly args: readonly string[];
   readonly frameBytes: number;
-  /** A frame stays intact while it is one of the `poolSize` newest delivered (`FramePool.hold`). */
+  /** A frame stays intact while it is one of the `poolSize` newest delivered (`FrameRing.hold`). */
   readonly poolSize: number;
   /** Complete frames kept waiting for the consumer. */
   readonly queue: number;
@@ -188,92 +145,13 @@ export async function* ffmpegFrames(options: FfmpegFramesOptions, signal: AbortS
   }
 }
 
-/** Exponential backoff between restarts: `initialMs`, doubling up to `maxMs`. */
-export interface Backoff {
-  readonly initialMs: number;
-  readonly maxMs: number;
-}
-
-export interface RestartNotice {
-  readonly error: SensorError;
-  /** Failures in a row without a message in between, from 1. */
-  readonly attempt: number;
-  readonly delayMs: number;
-}
-
-/**
- * Iterates `open(signal)` and opens it again after a retryable `SensorError`, waiting with
- * exponential backoff (reset once a run delivers a message). Returns when an iteration ends
- * normally (the input ended) or `signal` aborts; rethrows anything else. `onFailure` is called
- * before each wait, with the error.
- */
-export async function* restarting<T>(open: (signal: AbortSignal) => AsyncIterable<T>, backoff: Backoff, signal: AbortSignal, onFailure: (notice: RestartNotice) => void): AsyncGenerator<T, void, undefined> {
-  let delayMs = backoff.initialMs;
-  let attempt = 0;
-  while (!signal.aborted) {
-    let delivered = false;
-    try {
-      for await (const message of open(signal)) {
-        delivered = true;
-        yield message;
-      }
-      return;
-    } catch (error) {
-      if (signal.aborted) return;
-      if (!(error instanceof SensorError) || !error.retryable) throw error;
-      if (delivered) {
-        delayMs = backoff.initialMs;
-        attempt = 0;
-      }
-      attempt += 1;
-      onFailure({ error, attempt, delayMs });
-      if (!(await sleepUntil(performance.now() + delayMs, signal))) return;
-      delayMs = Math.min(delayMs * 2, backoff.maxMs);
-    }
-  }
-}
-
-/** Resolves true at `targetMs` (`performance.now()` time), or false as soon as `signal` aborts. */
-export function sleepUntil(targetMs: number, signal: AbortSignal): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve(false);
-    let timer: NodeJS.Timeout | undefined;
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      resolve(false);
-    };
-    const tick = (): void => {
-      // Timers can fire a little early against performance.now(); sleep again for the rest.
-      const left = targetMs - performance.now();
-      if (left > 0) {
-        timer = setTimeout(tick, left);
-        return;
-      }
-      signal.removeEventListener('abort', onAbort);
-      resolve(true);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    tick();
-  });
-}
-
-/**
- * A wall clock for one run: the Unix time in nanoseconds at a `performance.now()` instant, from
- * one `Date.now()` reading plus monotonic time since, so times within a run never go backwards.
- */
-export function wallClock(): (monoMs: number) => bigint {
-  const wallMs = Date.now();
-  const monoMs = performance.now();
-  return (at) => BigInt(Math.round((wallMs + (at - monoMs)) * 1e6));
-}
-
 const KILL_GRACE_MS = 1000;
 const STDERR_TAIL = 20;
 
 /** One ffmpeg process and the frames cut from its stdout. */
 class FfmpegRun {
   private readonly child: ChildProcess;
-  private readonly pool: FramePool;
+  private readonly pool: FrameRing;
   private readonly queue: RawFrame[] = [];
   private filling: Uint8Array | undefined;
   private filled = 0;
@@ -289,7 +167,7 @@ class FfmpegRun {
   private stderrRest = '';
 
   constructor(private readonly options: FfmpegFramesOptions) {
-    this.pool = new FramePool(options.frameBytes, options.poolSize, options.queue + 1);
+    this.pool = new FrameRing(options.frameBytes, options.poolSize, options.queue + 1);
     const executable = options.ffmpegPath ?? 'ffmpeg';
     this.child = spawn(executable, ['-hide_banner', '-nostdin', '-nostats', ...options.args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let onClosed: () => void = () => undefined;

@@ -1,3 +1,4 @@
+import { sleepUntil } from './clock.js';
 import { SensorError } from './errors.js';
 import { PIXEL_CHANNELS, type AudioFrame, type ImageFrame, type PixelFormat, type Sensor, type SensorMessage } from './types.js';
 
@@ -106,7 +107,7 @@ export class SyntheticSensor implements Sensor<SyntheticValue> {
     const startMs = performance.now();
     for (let k = 0; this.options.count === undefined || k < this.options.count; k++) {
       const offsetNs = (BigInt(k) * this.periodNum) / this.periodDen;
-      if (!(await waitUntil(startMs + Number(offsetNs) / 1e6, signal))) return;
+      if (!(await sleepUntil(startMs + Number(offsetNs) / 1e6, signal))) return;
       yield { sensorTimeNs: startWallNs + offsetNs, arrivalMs: performance.now(), value: make(k) };
     }
   }
@@ -208,30 +209,6 @@ function colorBarRow(width: number, format: PixelFormat): Uint8Array {
   return row;
 }
 
-/** Sleeps until `targetMs` on the monotonic clock; false when aborted. */
-function waitUntil(targetMs: number, signal: AbortSignal): Promise<boolean> {
-  if (signal.aborted) return Promise.resolve(false);
-  if (targetMs <= performance.now()) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    let timer: NodeJS.Timeout | undefined;
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      resolve(false);
-    };
-    const tick = (): void => {
-      // A timer may fire slightly early against performance.now(): wait out the remainder.
-      const left = targetMs - performance.now();
-      if (left > 0) {
-        timer = setTimeout(tick, left);
-        return;
-      }
-      signal.removeEventListener('abort', onAbort);
-      resolve(true);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    tick();
-  });
-}
 
 function whole(name: string, value: number): void {
   if (!Number.isInteger(value) || value < 1) throw config(`${name} must be a positive integer (found ${value})`);

@@ -1,5 +1,6 @@
 import { SensorError } from './errors.js';
-import { assertInputExists, ffmpegFrames, inputArgs, inputKind, sleepUntil, wallClock, type InputKind, type StderrListener } from './ffmpeg.js';
+import { sleepUntil, wallClock } from './clock.js';
+import { assertInputExists, ffmpegFrames, inputArgs, inputKind, type InputKind, type StderrListener } from './ffmpeg.js';
 import { PIXEL_CHANNELS, type ImageFrame, type PixelFormat, type Sensor, type SensorMessage } from './types.js';
 
 export interface VideoOptions {

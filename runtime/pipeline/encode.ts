@@ -15,6 +15,7 @@ import {
 } from '../../drivers/recording/foxglove-schemas.js';
 import { PIXEL_CHANNELS, type AudioFrame, type CanFrame, type GnssFix, type ImageFrame, type PixelFormat, type PointCloud } from '../../drivers/sensors/types.js';
 import { DTYPES, halfToFloat, type DType, type TensorData } from '../../drivers/tensor/tensor.js';
+import type { Detection, Detections } from './payloads.js';
 
 /**
  * Turning pipeline payloads into JSON: the one encoding every sink shares, so a message reads the
@@ -30,27 +31,6 @@ import { DTYPES, halfToFloat, type DType, type TensorData } from '../../drivers/
  *   foxglove.ImageAnnotations (a box outline and a label per detection, keypoints as points),
  *   tensors → aios.Tensor; anything else schemaless JSON.
  */
-
-/** One detected object, in pixels of the image it was found in. */
-export interface Detection {
-  readonly x: number;
-  readonly y: number;
-  readonly width: number;
-  readonly height: number;
-  readonly score: number;
-  readonly label?: string;
-  /** Shown as `class N` where there is no label. */
-  readonly classId?: number;
-  /** Landmarks (eyes, nose...), pixels: `{ x, y }` objects or `[x, y]` pairs. */
-  readonly keypoints?: readonly ({ readonly x: number; readonly y: number } | readonly [number, number])[];
-}
-
-/** What a detection decoder emits. */
-export interface Detections {
-  readonly boxes: readonly Detection[];
-  readonly imageWidth: number;
-  readonly imageHeight: number;
-}
 
 /** A tensor as JSON. */
 export interface TensorJson {
@@ -220,7 +200,7 @@ function imageAnnotations(detections: Detections, timestamp: FoxgloveTime): Foxg
     if (![box.x, box.y, box.width, box.height].every(Number.isFinite)) throw new EncodeError('EAI_SINK_ENCODE', `Detection ${i} has a box that is not four finite numbers: ${JSON.stringify(box)}.`);
     const { x, y, width: w, height: h } = box;
     points.push({ timestamp, type: PointsAnnotationType.LINE_LOOP, points: [{ x, y }, { x: x + w, y }, { x: x + w, y: y + h }, { x, y: y + h }], outline_color: BOX_COLOR, outline_colors: [], fill_color: CLEAR, thickness: 2 });
-    const keypoints = (box.keypoints ?? []).map((k) => ('x' in k ? { x: k.x, y: k.y } : { x: k[0], y: k[1] }));
+    const keypoints = (box.keypoints ?? []).map((k) => ({ x: k.x, y: k.y }));
     if (keypoints.length > 0) points.push({ timestamp, type: PointsAnnotationType.POINTS, points: keypoints, outline_color: KEYPOINT_COLOR, outline_colors: [], fill_color: KEYPOINT_COLOR, thickness: 4 });
     const name = detectionName(box);
     const text = `${name ?? ''}${name === undefined ? '' : ' '}${Number.isFinite(box.score) ? box.score.toFixed(2) : '?'}`;

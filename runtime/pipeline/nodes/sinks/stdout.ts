@@ -1,7 +1,8 @@
 import { Type } from '@sinclair/typebox';
 import type { AudioFrame, CanFrame, GnssFix, ImageFrame, PointCloud } from '../../../../drivers/sensors/types.js';
 import { defineNode } from '../../definition.js';
-import { candump, detectionName, payloadKind, stringifyJson, type Detections } from '../../encode.js';
+import { candump, detectionName, payloadKind, stringifyJson } from '../../encode.js';
+import type { Detections } from '../../payloads.js';
 import { ProblemLog, SINK_INPUT, errorText, flowName, messageJson } from './shared.js';
 
 const StdoutParams = Type.Object(

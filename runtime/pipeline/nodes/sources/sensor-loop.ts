@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { SensorError } from '../../../../drivers/sensors/errors.js';
-import { restarting, type Backoff } from '../../../../drivers/sensors/ffmpeg.js';
+import { restarting, type Backoff } from '../../../../drivers/sensors/restart.js';
 import type { Sensor } from '../../../../drivers/sensors/types.js';
 import type { ConfigProblem, NodeContext } from '../../definition.js';
 

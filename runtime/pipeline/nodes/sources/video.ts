@@ -1,7 +1,8 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
-import { findFfmpeg, inputKind, type Backoff } from '../../../../drivers/sensors/ffmpeg.js';
+import { findFfmpeg, inputKind } from '../../../../drivers/sensors/ffmpeg.js';
+import type { Backoff } from '../../../../drivers/sensors/restart.js';
 import { VIDEO_DEFAULTS, VideoSensor } from '../../../../drivers/sensors/video.js';
 import { defineNode, type ConfigProblem } from '../../definition.js';
 import { runSensor } from './sensor-loop.js';

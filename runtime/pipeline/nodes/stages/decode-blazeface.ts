@@ -2,7 +2,8 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { Tensor } from '../../../../drivers/tensor/tensor.js';
 import { BLAZEFACE_BACK_256, BLAZEFACE_FRONT_128, ssdAnchors, type Anchor, type SsdAnchorOptions } from '../../anchors.js';
 import { defineNode } from '../../definition.js';
-import { nonMaxSuppression, outputTensor, tensorsInput, toPixels, type Detections, type RelativeBox } from './decode-detections.js';
+import type { Detections } from '../../payloads.js';
+import { nonMaxSuppression, outputTensor, tensorsInput, toPixels, type RelativeBox } from './decode-detections.js';
 import { StageError } from './stage-error.js';
 
 const Params = Type.Object(

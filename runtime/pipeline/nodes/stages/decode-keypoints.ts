@@ -2,7 +2,8 @@ import { Type, type Static } from '@sinclair/typebox';
 import { Tensor } from '../../../../drivers/tensor/tensor.js';
 import { defineNode, PortTypeMismatch } from '../../definition.js';
 import { describe } from '../../port-types.js';
-import { outputTensor, type Detection, type Detections, type Keypoint } from './decode-detections.js';
+import type { Detection, Detections, Keypoint } from '../../payloads.js';
+import { outputTensor } from './decode-detections.js';
 import { StageError } from './stage-error.js';
 
 const Params = Type.Object(

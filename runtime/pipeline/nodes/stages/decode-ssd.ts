@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { defineNode, type ConfigProblem } from '../../definition.js';
-import { labelsProblems, LabelsParam, loadLabels, outputTensor, tensorsInput, type Detection, type Detections } from './decode-detections.js';
+import type { Detection, Detections } from '../../payloads.js';
+import { labelsProblems, LabelsParam, loadLabels, outputTensor, tensorsInput } from './decode-detections.js';
 
 const Params = Type.Object(
   {

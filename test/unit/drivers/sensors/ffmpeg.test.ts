@@ -2,7 +2,10 @@ import { chmodSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { SensorError } from '../../../../drivers/sensors/errors.js';
-import { FramePool, ffmpegFrames, findFfmpeg, inputArgs, inputKind, restarting, sleepUntil, type FfmpegFramesOptions, type RawFrame, type RestartNotice } from '../../../../drivers/sensors/ffmpeg.js';
+import { sleepUntil } from '../../../../drivers/sensors/clock.js';
+import { ffmpegFrames, findFfmpeg, inputArgs, inputKind, type FfmpegFramesOptions, type RawFrame } from '../../../../drivers/sensors/ffmpeg.js';
+import { FrameRing } from '../../../../drivers/sensors/frame-ring.js';
+import { restarting, type RestartNotice } from '../../../../drivers/sensors/restart.js';
 import { childPids, exists } from './processes.js';
 
 const FAKE = path.join(import.meta.dirname, 'fake-ffmpeg.mjs');
@@ -52,9 +55,9 @@ describe('inputKind / inputArgs', () => {
   });
 });
 
-describe('FramePool', () => {
+describe('FrameRing', () => {
   it('reuses a delivered buffer only after `hold` later deliveries', () => {
-    const pool = new FramePool(3, 2, 1);
+    const pool = new FrameRing(3, 2, 1);
     const a = pool.take();
     expect(a.buffer).toBeInstanceOf(SharedArrayBuffer);
     pool.deliver(a);
@@ -68,7 +71,7 @@ describe('FramePool', () => {
   });
 
   it('takes released (never delivered) buffers back at once', () => {
-    const pool = new FramePool(3, 1, 1);
+    const pool = new FrameRing(3, 1, 1);
     const a = pool.take();
     pool.release(a);
     expect(pool.take()).toBe(a);

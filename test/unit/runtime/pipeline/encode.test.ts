@@ -7,7 +7,7 @@ const T = 1_700_000_001_234_567_890n;
 const image = { width: 2, height: 2, format: 'rgb24' as const, data: Uint8Array.from({ length: 12 }, (_, i) => i * 10) };
 const detections = {
   boxes: [
-    { x: 10, y: 20, width: 30, height: 40, score: 0.97, label: 'face', keypoints: [{ x: 15, y: 25 }, [16, 26] as [number, number]] },
+    { x: 10, y: 20, width: 30, height: 40, score: 0.97, label: 'face', keypoints: [{ x: 15, y: 25 }, { x: 16, y: 26 }] },
     { x: 100, y: 50, width: 20, height: 20, score: 0.814 },
     { x: 0, y: 0, width: 5, height: 5, score: 0.5, classId: 3 },
   ],

@@ -7,7 +7,8 @@ import type { DeviceInfo, LoadedModel, Outputs } from '../../../../../../drivers
 import { readNpy } from '../../../../../../drivers/tensor/npy.js';
 import { PortTypeMismatch } from '../../../../../../runtime/pipeline/definition.js';
 import { decodeBlazeface } from '../../../../../../runtime/pipeline/nodes/stages/decode-blazeface.js';
-import { iou, nonMaxSuppression, type Detection, type Detections, type RelativeBox } from '../../../../../../runtime/pipeline/nodes/stages/decode-detections.js';
+import { iou, nonMaxSuppression, type RelativeBox } from '../../../../../../runtime/pipeline/nodes/stages/decode-detections.js';
+import type { Detection, Detections } from '../../../../../../runtime/pipeline/payloads.js';
 import { defaults, startStage } from './harness.js';
 
 // Known answers (test/fixtures/inputs/README.md): the face photo's best anchor is 305 with score

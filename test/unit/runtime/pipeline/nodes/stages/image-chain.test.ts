@@ -9,7 +9,7 @@ import { readNpy } from '../../../../../../drivers/tensor/npy.js';
 import type { Tensor } from '../../../../../../drivers/tensor/tensor.js';
 import type { NodeDefinition } from '../../../../../../runtime/pipeline/definition.js';
 import { decodeBlazeface } from '../../../../../../runtime/pipeline/nodes/stages/decode-blazeface.js';
-import type { Detection, Detections } from '../../../../../../runtime/pipeline/nodes/stages/decode-detections.js';
+import type { Detection, Detections } from '../../../../../../runtime/pipeline/payloads.js';
 import { imageCrop } from '../../../../../../runtime/pipeline/nodes/stages/image-crop.js';
 import { imageNormalize } from '../../../../../../runtime/pipeline/nodes/stages/image-normalize.js';
 import { imageResize } from '../../../../../../runtime/pipeline/nodes/stages/image-resize.js';
