@@ -125,7 +125,20 @@ export interface GnssReplayOptions {
   readonly speed?: number;
   /** Date for NMEA times before the first RMC (GGA-only logs), ms since the epoch. Default today (UTC). */
   readonly referenceDateMs?: number;
+  /**
+   * Which time line fixes are stamped on. `recording` (default): the receiver's UTC times as
+   * recorded. `replay`: moved as a block so the recording's first epoch (with a fix or not) is
+   * stamped with the wall time it is replayed at, and every later fix keeps its recorded spacing
+   * from it — for fusing a recording with sensors stamped from today's wall clock (a video file,
+   * a live camera). At `speed` 1 a fix is then released when the wall clock reaches its stamp.
+   */
+  readonly timeBase?: GnssTimeBase;
+  /** Wall clock for `timeBase: 'replay'`, ms since the epoch. Default `Date.now`. */
+  readonly now?: () => number;
 }
+
+/** The time line a replayed fix is stamped on (see `GnssReplayOptions.timeBase`). */
+export type GnssTimeBase = 'recording' | 'replay';
 
 export interface GnssReplayStats {
   readonly format: 'nmea' | 'mrpt' | undefined;
@@ -139,7 +152,8 @@ export interface GnssReplayStats {
 }
 
 /**
- * A recorded receiver, replayed at its own timing (from the fixes' UTC times) or faster. Two
+ * A recorded receiver, replayed at its own timing (from the fixes' UTC times) or faster. Fixes
+ * are stamped with their recorded UTC times, or rebased onto the replay's start (`timeBase`). Two
  * formats, told apart by content:
  *
  * - NMEA 0183 logs (`.nmea`, gpsd's test logs; `#` comment lines allowed): GGA, RMC, GSA and
@@ -169,6 +183,7 @@ export class GnssReplay implements Sensor<GnssFix> {
   async *messages(signal: AbortSignal): AsyncGenerator<SensorMessage<GnssFix>, void, void> {
     await assertReadable(this.file);
     const clock = new ReplayClock(this.options.speed ?? 1);
+    const stamp = timeLine(this.options);
     const epochs = new NmeaEpochs(this.options.referenceDateMs);
     const input = createReadStream(this.file, { encoding: 'utf8' });
     const lines = createInterface({ input, crlfDelay: Infinity });
@@ -181,11 +196,13 @@ export class GnssReplay implements Sensor<GnssFix> {
         const epoch = this.format === 'mrpt' ? this.mrptRow(line) : this.nmeaLine(line, epochs);
         if (epoch === undefined) continue;
         if (!(await clock.waitFor(Number(epoch.sensorTimeNs / 1000n) / 1000, signal))) return;
-        if (epoch.fix !== undefined) yield { sensorTimeNs: epoch.sensorTimeNs, arrivalMs: performance.now(), value: epoch.fix };
+        // Stamped after the wait: the first epoch is anchored when it is actually replayed.
+        const sensorTimeNs = stamp(epoch.sensorTimeNs);
+        if (epoch.fix !== undefined) yield { sensorTimeNs, arrivalMs: performance.now(), value: epoch.fix };
       }
       const tail = this.format === 'nmea' ? this.count(epochs.flush()) : undefined;
       if (tail?.fix === undefined || !(await clock.waitFor(Number(tail.sensorTimeNs / 1000n) / 1000, signal))) return;
-      yield { sensorTimeNs: tail.sensorTimeNs, arrivalMs: performance.now(), value: tail.fix };
+      yield { sensorTimeNs: stamp(tail.sensorTimeNs), arrivalMs: performance.now(), value: tail.fix };
     } finally {
       lines.close();
       // Closing readline leaves its input open: a replay stopped early must not hold the file.
@@ -245,6 +262,20 @@ export function parseMrptRow(line: string): NmeaEpoch | undefined {
 
 const MAX_REPORT_CHARS = 65_536;
 
+/**
+ * The stamp of each replayed epoch: unchanged on the recording's time line; on the replay's, shifted
+ * by the one offset that puts the first epoch asked about at the wall clock's now.
+ */
+function timeLine(options: GnssReplayOptions): (recordedNs: bigint) => bigint {
+  if ((options.timeBase ?? 'recording') === 'recording') return (recordedNs) => recordedNs;
+  const now = options.now ?? Date.now;
+  let shiftNs: bigint | undefined;
+  return (recordedNs) => {
+    shiftNs ??= msToNs(now()) - recordedNs;
+    return recordedNs + shiftNs;
+  };
+}
+
 type Report = Readonly<Record<string, unknown>>;
 
 function parseReport(line: string): Report | undefined {
@@ -299,6 +330,12 @@ function isoToNs(value: unknown): bigint | undefined {
   const seconds = Date.parse(`${m[1]}Z`);
   if (Number.isNaN(seconds)) return undefined;
   return BigInt(seconds) * 1_000_000n + BigInt((m[2] ?? '').padEnd(9, '0'));
+}
+
+/** Milliseconds since the epoch to ns, the fraction kept (ms × 1e6 as a double would lose the last digits). */
+function msToNs(ms: number): bigint {
+  const whole = Math.floor(ms);
+  return BigInt(whole) * 1_000_000n + BigInt(Math.round((ms - whole) * 1e6));
 }
 
 /** `1226225355.2000` to ns, exactly (no float rounding of the fraction). */

@@ -33,7 +33,11 @@ export class BoundedQueue<T> {
       if (this.policy === 'drop_oldest') dropped = this.items.shift();
     }
     this.items.push(item);
-    this.waiters.shift()?.();
+    // Wake every waiter: a consumer racing several queues leaves stale waiters behind, and waking
+    // only the first could wake a dead one and leave this item unseen.
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
     if (this.policy === 'block' && this.items.length >= this.capacity) {
       return { ...(dropped === undefined ? {} : { dropped }), room: new Promise((resolve) => this.roomWaiters.push(resolve)) };
     }

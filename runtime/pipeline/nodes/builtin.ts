@@ -24,6 +24,7 @@ import { imageNormalize } from './stages/image-normalize.js';
 import { imageResize } from './stages/image-resize.js';
 import { imageToTensor } from './stages/image-to-tensor.js';
 import { inferStage } from './stages/infer.js';
+import { pointcloudNearest } from './stages/pointcloud-nearest.js';
 import { syncStage } from './stages/sync.js';
 import { throttleStage } from './stages/throttle.js';
 
@@ -38,6 +39,7 @@ export function builtinNodeKinds(): NodeKinds {
     // stages
     imageResize, imageCrop, imageConvert, imageNormalize, imageToTensor, audioToTensor, inferStage,
     decodeBlazeface, decodeActivity, decodeSsd, decodeClasses, decodeKeypoints, syncStage, throttleStage, filterStage,
+    pointcloudNearest,
     // sinks
     mcapSink, fileSink, stdoutSink, callbackSink, mqttSink,
   );

@@ -12,6 +12,10 @@ const GnssParams = Type.Object(
     port: Type.Integer({ minimum: 1, maximum: 65_535, default: GPSD_PORT, description: 'live: gpsd port' }),
     device: Type.Optional(Type.String({ minLength: 1, description: "live: watch only this gpsd device (e.g. /dev/ttyACM0); default all" })),
     realtime: Type.Boolean({ default: true, description: 'replay: at the recorded pace; false: as fast as the pipeline takes fixes' }),
+    timeBase: Type.Union([Type.Literal('recording'), Type.Literal('replay')], {
+      default: 'recording',
+      description: "replay: stamp fixes with their recorded UTC times (recording), or shift them so the first is stamped with the wall time the replay starts, keeping their spacing (replay) — to sync with sensors stamped from today's clock, such as a video file",
+    }),
     date: Type.Optional(Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}$', description: 'replay: UTC date (YYYY-MM-DD) for NMEA logs without RMC sentences; default today' })),
     queue: Type.Integer({ minimum: 1, maximum: 10_000, default: 16, description: 'live: fixes held for a slow pipeline before the oldest is dropped' }),
     staleAfterMs: Type.Integer({ minimum: 0, default: 3000, description: 'live: warn when no fix arrives for this long (0: never)' }),
@@ -25,8 +29,10 @@ export type GnssSourceParams = Static<typeof GnssParams>;
 /**
  * `use: gnss` — position fixes (GnssFix, WGS84) from a receiver through gpsd, or replayed from
  * an NMEA log or MRPT GPS text export: output `fix`. Sensor time is the receiver's UTC time of
- * the fix. Live: gpsd not running or restarting is retried with backoff (a reconnect), silence
- * is warned about after `staleAfterMs`. Replay: NMEA sentences with bad checksums are counted,
+ * the fix; a replay with `timeBase: replay` shifts the recording's times as a block so its first
+ * epoch is stamped with the wall time the replay starts (see `GnssReplayOptions.timeBase`).
+ * Live: gpsd not running or restarting is retried with backoff (a reconnect), silence is warned
+ * about after `staleAfterMs`. Replay: NMEA sentences with bad checksums are counted,
  * skipped and reported at the end; the source returns at the end of the recording.
  */
 export const gnssSource = defineNode({
@@ -42,12 +48,14 @@ export const gnssSource = defineNode({
   async check(params, env) {
     const problems: ConfigProblem[] = await checkSource(params, env.baseDir, 'GNSS');
     if (params.date !== undefined && Number.isNaN(Date.parse(`${params.date}T00:00:00Z`))) problems.push({ path: ['params', 'date'], message: `${params.date} is not a date (YYYY-MM-DD)` });
+    // Live fixes are stamped by the receiver's clock, which is today's: there is nothing to rebase.
+    if (params.file === undefined && params.timeBase === 'replay') problems.push({ path: ['params', 'timeBase'], message: "timeBase 'replay' rebases a recording's times and needs params.file; live fixes already carry the receiver's current time" });
     return problems;
   },
   async run(ctx) {
     const p = ctx.params;
     if (p.file !== undefined) {
-      const replay = new GnssReplay(path.resolve(ctx.baseDir, p.file), { speed: p.realtime ? 1 : 0, ...(p.date === undefined ? {} : { referenceDateMs: Date.parse(`${p.date}T00:00:00Z`) }) });
+      const replay = new GnssReplay(path.resolve(ctx.baseDir, p.file), { speed: p.realtime ? 1 : 0, timeBase: p.timeBase, ...(p.date === undefined ? {} : { referenceDateMs: Date.parse(`${p.date}T00:00:00Z`) }) });
       await runSensor(ctx, 'fix', replay, p.restart, () => {
         const s = replay.stats;
         const skipped = [s.badChecksum > 0 ? `${s.badChecksum} sentences with bad checksums` : '', s.malformed > 0 ? `${s.malformed} malformed sentences or rows` : ''].filter((x) => x !== '');

@@ -122,6 +122,45 @@ describe('MRPT GPS text replay (real RTK recordings, Málaga 2008)', () => {
     expect(ms(fixes[76] as SensorMessage<GnssFix>) - ms(fixes[0] as SensorMessage<GnssFix>)).toBe(76_000);
   });
 
+  it("timeBase 'replay': the recording moves as a block, its first fix stamped with the wall clock at replay, spacing kept to the nanosecond", async () => {
+    const recorded = await collect(new GnssReplay(FRONT, { speed: 0 }).messages(new AbortController().signal));
+    let calls = 0;
+    const now = (): number => {
+      calls += 1;
+      return Date.UTC(2026, 0, 2, 3, 4, 5, 678) + 0.25;
+    };
+    const rebased = await collect(new GnssReplay(FRONT, { speed: 0, timeBase: 'replay', now }).messages(new AbortController().signal));
+    expect(calls).toBe(1);
+    expect(rebased).toHaveLength(307);
+    expect(rebased[0]?.sensorTimeNs).toBe(BigInt(Date.UTC(2026, 0, 2, 3, 4, 5, 678)) * 1_000_000n + 250_000n);
+    const since = (ms: readonly SensorMessage<GnssFix>[]): bigint[] => ms.map((m) => m.sensorTimeNs - (ms[0]?.sensorTimeNs ?? 0n));
+    expect(since(rebased)).toEqual(since(recorded));
+    expect(since(rebased)[306]).toBe(76_200_000_000n);
+    expect(rebased.map((m) => m.value)).toEqual(recorded.map((m) => m.value));
+  });
+
+  it("timeBase 'replay': an epoch without a fix anchors the time line too; each replay anchors afresh", async () => {
+    const file = path.join(DIR, 'late-fix.txt');
+    writeFileSync(file, ['% Time Lat Lon Alt fix #sats speed dir', '1226225355.0000 0.64 -0.078 48.2 0 0 0 0', '1226225355.4000 0.64 -0.078 48.2 4 10 0 0', ''].join('\n'));
+    let wall = 1_000_000;
+    const replay = new GnssReplay(file, { speed: 0, timeBase: 'replay', now: () => wall });
+    const first = await collect(replay.messages(new AbortController().signal));
+    wall = 2_000_000;
+    const second = await collect(replay.messages(new AbortController().signal));
+    expect([...first, ...second].map((m) => m.sensorTimeNs)).toEqual([1_000_400_000_000n, 2_000_400_000_000n]);
+  });
+
+  it("timeBase 'replay' in real time: each fix is released when the wall clock reaches its stamp", async () => {
+    const lines = ['000000.00', '000000.20', '000000.40'].map((t) => checksum(`$GNGGA,${t},5000.0000,N,00800.0000,E,4,12,0.6,100.0,M,47.0,M,1.0,0000`));
+    const file = path.join(DIR, 'rtk-now.nmea');
+    writeFileSync(file, `${lines.join('\r\n')}\r\n`);
+    const lateness: number[] = [];
+    for await (const m of new GnssReplay(file, { timeBase: 'replay' }).messages(new AbortController().signal)) lateness.push(Date.now() - Number(m.sensorTimeNs / 1_000_000n));
+    expect(lateness).toHaveLength(3);
+    // Timers fire a little late, never early; the wall clock has millisecond steps.
+    expect(lateness.every((ms) => ms >= -1 && ms < 50)).toBe(true);
+  });
+
   it('rows: quality 0 is an epoch without a fix; short or non-numeric rows are malformed', () => {
     expect(parseMrptRow('1226225355.0000 0.64 -0.078 48.2 0 0 0 0')).toEqual({ sensorTimeNs: 1_226_225_355_000_000_000n, fix: undefined });
     expect(parseMrptRow('1226225355.0000 0.64 -0.078 48.2')).toBeUndefined();

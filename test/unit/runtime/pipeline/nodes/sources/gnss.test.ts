@@ -50,6 +50,24 @@ describe('gnss source', () => {
     expect(recorded.emits[0]?.envelope.value).toMatchObject({ quality: 4, satellites: 10, altitude: 48.2433 });
   });
 
+  it("timeBase: replay stamps a real recording from the replay's start, spacing kept; it needs a recording", async () => {
+    expect(defaults({}).timeBase).toBe('recording');
+    const before = BigInt(Date.now()) * 1_000_000n;
+    const { ctx, recorded } = sourceContext(gnssSource, { file: 'gnss/test_rtk_path_GPS_RTK_REAR.txt', realtime: false, timeBase: 'replay' }, { baseDir: FIXTURES, signal: new AbortController().signal });
+    await gnssSource.run?.(ctx, undefined);
+    const after = BigInt(Date.now()) * 1_000_000n;
+    const times = recorded.emits.map((e) => e.envelope.sensorTimeNs);
+    expect(times).toHaveLength(77);
+    expect(times[0]).toBeGreaterThanOrEqual(before);
+    expect(times[0]).toBeLessThanOrEqual(after);
+    // The rear receiver's 77 fixes are 1 s apart in the recording (1226225355 to 1226225431).
+    expect(times.map((t) => t - (times[0] ?? 0n))).toEqual(Array.from({ length: 77 }, (_, i) => BigInt(i) * 1_000_000_000n));
+    const check = gnssSource.check as NonNullable<typeof gnssSource.check>;
+    expect(await check(defaults({ timeBase: 'replay' }), { baseDir: FIXTURES, inputs: {} })).toEqual([
+      { path: ['params', 'timeBase'], message: "timeBase 'replay' rebases a recording's times and needs params.file; live fixes already carry the receiver's current time" },
+    ]);
+  });
+
   it('live: reconnects to gpsd with backoff when it drops the connection; sequence numbers keep counting', async () => {
     let connections = 0;
     const server = net.createServer((socket) => {
