@@ -84,6 +84,11 @@ export function summarize(value: unknown): string {
       if (Array.isArray(classes) && classes.every((c) => typeof (c as { score?: unknown }).score === 'number')) {
         return (classes as { id?: number; label?: string; score: number }[]).slice(0, SCORES_SHOWN).map((c) => `${c.label ?? `class ${c.id ?? '?'}`} ${c.score.toFixed(2)}`).join(', ') || 'no classes';
       }
+      // A fused record (sync): describe each member, so a frame's pixels do not fill the line.
+      if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+        const entries = Object.entries(value as Record<string, unknown>);
+        if (entries.length > 0 && entries.some(([, v]) => payloadKind(v) !== 'json')) return entries.map(([k, v]) => `${k}: ${summarize(v)}`).join(' | ');
+      }
       const text = stringifyJson(value);
       return text.length > 160 ? `${text.slice(0, 157)}...` : text;
     }
