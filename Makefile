@@ -46,7 +46,7 @@ run: setup build
 	node dist/examples/face-score.js models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx \
 	  test/fixtures/inputs/blazeface128-face.npy test/fixtures/inputs/blazeface128-noface.npy
 	@echo
-	node dist/deploy/cli/main.js run examples/pipelines/face-detection.yaml --for 5s --stats
+	node dist/deploy/cli/main.js run examples/pipelines/face-detection.yaml --for 4s --stats
 
 test: setup
 	$(NODE_BIN)/tsc -p tsconfig.test.json
