@@ -6,6 +6,7 @@ import { parse } from 'yaml';
 import type { GnssFix } from '../../../drivers/sensors/types.js';
 import type { Envelope } from '../../../runtime/pipeline/definition.js';
 import { Pipeline } from '../../../runtime/pipeline/pipeline.js';
+import { until } from '../../support/wait.js';
 
 const repo = path.resolve(import.meta.dirname, '../../..');
 const example = path.join(repo, 'examples/pipelines/gnss-video-sync.yaml');
@@ -117,10 +118,3 @@ function abs(v: bigint): bigint {
   return v < 0n ? -v : v;
 }
 
-async function until(condition: () => boolean, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms: ${condition.toString()}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

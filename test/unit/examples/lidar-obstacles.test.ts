@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import net from 'node:net';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { connectAsync, type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { VLP16_PACKET_BYTES, Vlp16Assembler, checkVlp16Packet, topOfHourToNs, type Revolution } from '../../../drivers/sensors/velodyne.js';
 import { Pipeline } from '../../../runtime/pipeline/pipeline.js';
+import { findBinary, freePort, until, waitForPort } from '../../support/wait.js';
 
 const repo = path.resolve(import.meta.dirname, '../../..');
 const example = path.join(repo, 'examples/pipelines/lidar-obstacles.yaml');
@@ -37,7 +37,7 @@ describe.skipIf(mosquitto === undefined)('examples/pipelines/lidar-obstacles.yam
   beforeAll(async () => {
     port = await freePort();
     broker = spawn(mosquitto as string, ['-p', String(port)], { stdio: 'ignore' });
-    await until(() => canConnect(port));
+    await waitForPort(port);
     subscriber = await connectAsync(`mqtt://127.0.0.1:${port}`);
     subscriber.on('message', (topic, payload) => received.push({ topic, payload: JSON.parse(payload.toString()) as (typeof received)[number]['payload'] }));
     await subscriber.subscribeAsync('aios/demo/#', { qos: 1 });
@@ -147,33 +147,3 @@ function surfacePoints(revolution: Revolution, band: Band, distanceM: number): n
   return n;
 }
 
-function findBinary(name: string): string | undefined {
-  const dirs = [...(process.env['PATH'] ?? '').split(path.delimiter), '/usr/sbin', '/usr/local/sbin', '/sbin'];
-  return dirs.map((d) => path.join(d, name)).find((p) => existsSync(p));
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.on('error', () => resolve(false));
-  });
-}
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms: ${condition.toString()}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}

@@ -9,6 +9,7 @@ import { McapWriter } from '@mcap/core';
 import { McapRecorder, type RecordedMessage } from '../../../../drivers/recording/mcap-writer.js';
 import { RecordingError } from '../../../../drivers/recording/recording-error.js';
 import { json, readIndexed, readStream, walkRecords } from './read-mcap.js';
+import { until } from '../../../support/wait.js';
 
 const T0 = 1_700_000_000_000_000_000n;
 const SCHEMA = { name: 'test.Count', encoding: 'jsonschema', data: '{"type":"object","properties":{"i":{"type":"integer"}}}' };
@@ -273,14 +274,6 @@ describe('McapRecorder crash safety', () => {
     expect(reader.statistics?.messageCount).toBe(BigInt(closed));
   });
 });
-
-async function until(condition: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** Runs child/record.mjs under node with the TypeScript hooks; lines of its stdout on demand. */
 function startChild(file: string, mode: string) {

@@ -1,12 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import net from 'node:net';
-import path from 'node:path';
 import { connectAsync, type MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor } from '../../../../../../drivers/tensor/tensor.js';
 import { mqttSink } from '../../../../../../runtime/pipeline/nodes/sinks/mqtt.js';
 import { T0, envelope, startSink } from './sink-context.js';
+import { findBinary, freePort, until, waitForPort } from '../../../../../support/wait.js';
 
 /**
  * Against a real Mosquitto (Debian: apt-get install mosquitto mosquitto-clients), started here on
@@ -114,40 +113,6 @@ describe.skipIf(mosquitto === undefined)('mqtt sink against Mosquitto', () => {
     expect(sink.state.problems.count('encode')).toBe(1);
   });
 });
-
-function findBinary(name: string): string | undefined {
-  const dirs = [...(process.env['PATH'] ?? '').split(path.delimiter), '/usr/sbin', '/usr/local/sbin', '/sbin'];
-  return dirs.map((d) => path.join(d, name)).find((p) => existsSync(p));
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  await until(
-    () =>
-      new Promise<boolean>((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.on('error', () => resolve(false));
-      }),
-  );
-}
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms: ${condition.toString()}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** A TCP proxy to the broker on a port of its own, that can be closed (connections cut) and reopened. */
 async function tcpProxy(target: number): Promise<{ port: number; open(): Promise<void>; close(): Promise<void> }> {
