@@ -35,6 +35,7 @@ apt:
 build: node_modules/.installed
 	$(NODE_BIN)/tsc -p tsconfig.json
 	@cp drivers/engines/xrt/child.mjs dist/drivers/engines/xrt/child.mjs
+	@cp drivers/engines/onnxruntime/session-worker.mjs dist/drivers/engines/onnxruntime/session-worker.mjs
 	@chmod +x dist/deploy/cli/main.js
 
 # The main demo: what this machine has, a real face detector on a real photo and a photo without

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import type * as Ort from 'onnxruntime-node';
-import { DeviceUnavailableError, ModelError } from '../errors.js';
+import { AiosError, DeviceUnavailableError, ModelError } from '../errors.js';
 import { checkFeeds } from '../hal/feeds.js';
 import { SysRoot } from '../hal/sysroot.js';
 import type { DeviceInfo, Engine, Feeds, LoadedModel, LoadOptions, ModelSource, Outputs, Support, TensorSpec } from '../hal/types.js';
@@ -10,6 +10,8 @@ import type { DType, TensorData } from '../tensor/tensor.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { Provider, ProviderContext } from './onnxruntime/providers.js';
 import { checkProvider, GPU_PROVIDERS, readBuildInfo } from './onnxruntime/providers.js';
+import type { ValueMeta, WireTensor } from './onnxruntime/session-thread.js';
+import { SessionThread } from './onnxruntime/session-thread.js';
 import { checkWebGpu } from './onnxruntime/webgpu-check.js';
 
 export interface OnnxruntimeEngineOptions {
@@ -52,7 +54,7 @@ export function createOnnxruntimeEngine(options: OnnxruntimeEngineOptions = {}):
   let ort: Promise<typeof Ort> | undefined;
   const loadOrt = (): Promise<typeof Ort> => {
     ort ??= (async () => {
-      const entry = createRequire(path.join(packageDir, 'package.json')).resolve(packageDir);
+      const entry = packageEntry(packageDir);
       const m = ((await import(entry)) as { default?: typeof Ort }).default ?? ((await import(entry)) as typeof Ort);
       // ORT logs every graph rewrite at warning level; keep stderr for what the user must act on.
       m.env.logLevel = 'error';
@@ -65,7 +67,7 @@ export function createOnnxruntimeEngine(options: OnnxruntimeEngineOptions = {}):
     context ??= (async (): Promise<ProviderContext> => {
       const m = await loadOrt();
       let webgpu: Promise<Support> | undefined;
-      const entry = createRequire(path.join(packageDir, 'package.json')).resolve(packageDir);
+      const entry = packageEntry(packageDir);
       const live = await SysRoot.open('/');
       const install = options.install ?? live;
       return {
@@ -130,9 +132,11 @@ export function createOnnxruntimeEngine(options: OnnxruntimeEngineOptions = {}):
           logSeverityLevel: 3,
           ...(loadOptions.threads === undefined ? {} : { intraOpNumThreads: loadOptions.threads, interOpNumThreads: 1 }),
         };
-        let session: Ort.InferenceSession;
+        let session: Session;
         try {
-          session = await m.InferenceSession.create(model.path, sessionOptions);
+          session = (loadOptions.executor ?? 'thread') === 'thread'
+            ? { executor: 'thread', session: await SessionThread.open(packageEntry(packageDir), model.path, sessionOptions) }
+            : { executor: 'inline', session: await m.InferenceSession.create(model.path, sessionOptions) };
         } catch (cause) {
           const message = firstLine(cause);
           // A provider that passed the file checks can still fail to initialise (driver mismatch);
@@ -150,6 +154,11 @@ export function createOnnxruntimeEngine(options: OnnxruntimeEngineOptions = {}):
   };
 }
 
+/** The two ways a session runs: on the caller's thread, or on a thread of its own. */
+type Session =
+  | { readonly executor: 'inline'; readonly session: Ort.InferenceSession }
+  | { readonly executor: 'thread'; readonly session: SessionThread };
+
 class OnnxModel implements LoadedModel {
   readonly engine = 'onnxruntime';
   readonly inputs: readonly TensorSpec[];
@@ -158,20 +167,38 @@ class OnnxModel implements LoadedModel {
 
   constructor(
     private readonly ort: typeof Ort,
-    private readonly session: Ort.InferenceSession,
+    private readonly session: Session,
     private readonly model: ModelSource,
     readonly device: DeviceInfo,
     readonly backend: Provider,
     readonly skipped: readonly { backend: string; reason: string }[],
     readonly warnings: readonly string[],
   ) {
-    this.inputs = session.inputMetadata.map((meta) => toSpec(meta, model.path));
-    this.outputs = session.outputMetadata.map((meta) => toSpec(meta, model.path));
+    this.inputs = session.session.inputMetadata.map((meta) => toSpec(meta, model.path));
+    this.outputs = session.session.outputMetadata.map((meta) => toSpec(meta, model.path));
+  }
+
+  get executor(): 'inline' | 'thread' {
+    return this.session.executor;
   }
 
   async run(feeds: Feeds): Promise<Outputs> {
     if (this.disposed) throw new ModelError('EAI_MODEL_DISPOSED', `${this.model.path} was unloaded; load it again before running it.`);
     checkFeeds(this.inputs, feeds, this.model.path);
+    const out: Outputs = {};
+    if (this.session.executor === 'thread') {
+      const wire: Record<string, WireTensor> = {};
+      for (const [name, t] of Object.entries(feeds)) wire[name] = { type: ORT_TYPE[t.dtype], dims: t.shape, data: t.data };
+      let results: Record<string, WireTensor>;
+      try {
+        results = await this.session.session.run(wire);
+      } catch (cause) {
+        if (cause instanceof AiosError) throw cause;
+        throw new ModelError('EAI_MODEL_RUN_FAILED', `onnxruntime failed running ${this.model.path}: ${firstLine(cause)}`, { cause, details: { path: this.model.path } });
+      }
+      for (const [name, value] of Object.entries(results)) out[name] = new Tensor(fromOrtType(value.type, this.model.path), value.dims, value.data as TensorData);
+      return out;
+    }
     const ortFeeds: Record<string, Ort.Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) {
       // Zero-copy: ort.Tensor wraps the same typed array. The Node binding refuses memory shared
@@ -179,8 +206,12 @@ class OnnxModel implements LoadedModel {
       const data = typeof SharedArrayBuffer !== 'undefined' && t.data.buffer instanceof SharedArrayBuffer ? t.data.slice() : t.data;
       ortFeeds[name] = new this.ort.Tensor(ORT_TYPE[t.dtype], data as Ort.Tensor.DataType, t.shape as number[]);
     }
-    const results = await this.session.run(ortFeeds);
-    const out: Outputs = {};
+    let results: Ort.InferenceSession.ReturnType;
+    try {
+      results = await this.session.session.run(ortFeeds);
+    } catch (cause) {
+      throw new ModelError('EAI_MODEL_RUN_FAILED', `onnxruntime failed running ${this.model.path}: ${firstLine(cause)}`, { cause, details: { path: this.model.path } });
+    }
     for (const [name, value] of Object.entries(results)) {
       out[name] = new Tensor(fromOrtType(value.type, this.model.path), value.dims, value.data as TensorData);
     }
@@ -190,7 +221,7 @@ class OnnxModel implements LoadedModel {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await this.session.release();
+    await this.session.session.release();
   }
 }
 
@@ -215,8 +246,8 @@ function fromOrtType(type: string, model: string): DType {
   return dtype;
 }
 
-function toSpec(meta: Ort.InferenceSession.ValueMetadata, model: string): TensorSpec {
-  if (!meta.isTensor) throw new ModelError('EAI_MODEL_UNSUPPORTED_TYPE', `${model}: '${meta.name}' is not a tensor (sequence or map values are not supported).`, { details: { model, name: meta.name } });
+function toSpec(meta: Ort.InferenceSession.ValueMetadata | ValueMeta, model: string): TensorSpec {
+  if (!meta.isTensor || !('type' in meta)) throw new ModelError('EAI_MODEL_UNSUPPORTED_TYPE', `${model}: '${meta.name}' is not a tensor (sequence or map values are not supported).`, { details: { model, name: meta.name } });
   return { name: meta.name, dtype: fromOrtType(meta.type, model), shape: meta.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : null)) };
 }
 
@@ -242,6 +273,11 @@ function executionProviders(provider: Provider, device: DeviceInfo, options: Loa
 
 function firstLine(error: unknown): string {
   return (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? '';
+}
+
+/** The file `import()` loads for an onnxruntime-node package folder. */
+function packageEntry(packageDir: string): string {
+  return createRequire(path.join(packageDir, 'package.json')).resolve(packageDir);
 }
 
 function defaultPackageDir(): string {

@@ -88,6 +88,14 @@ export interface LoadOptions {
   readonly threads?: number;
   /** Graph optimisation level where the engine has one. */
   readonly graphOptimization?: 'disabled' | 'basic' | 'extended' | 'all';
+  /**
+   * Where runs execute. `thread`: on a thread of the model's own, so the caller's event loop
+   * stays free while the model runs and inference overlaps with the caller's other work; each
+   * run pays one hand-over (tens of µs). `inline`: on the caller's thread, no hand-over, but the
+   * caller is blocked for the whole run. Engines whose runs are already off the caller's thread
+   * (xrt's worker process) ignore it. Default `thread`; InferenceService picks per model.
+   */
+  readonly executor?: 'inline' | 'thread';
   /** Engine-specific extras (for example TensorRT's engine cache folder). */
   readonly engine?: Readonly<Record<string, unknown>>;
 }
@@ -110,6 +118,8 @@ export interface LoadedModel {
   readonly skipped?: readonly { readonly backend: string; readonly reason: string }[];
   /** What the user should know about how the model runs (a model not compiled for its TPU...). */
   readonly warnings?: readonly string[];
+  /** Where runs execute (see LoadOptions.executor); absent when the engine has one way only. */
+  readonly executor?: 'inline' | 'thread';
   run(feeds: Feeds): Promise<Outputs>;
   dispose(): Promise<void>;
 }

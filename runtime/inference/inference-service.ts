@@ -5,6 +5,7 @@ import { AiosError } from '../../drivers/errors.js';
 import { detectModel } from '../../drivers/hal/model-format.js';
 import type { DevicePreference, HalRegistry } from '../../drivers/hal/registry.js';
 import type { DeviceInfo, Feeds, LoadedModel, LoadOptions, ModelSource, Outputs, TensorSpec } from '../../drivers/hal/types.js';
+import { Tensor } from '../../drivers/tensor/tensor.js';
 import type { Reservation } from '../resource-pool.js';
 import { ResourcePool } from '../resource-pool.js';
 import { LatencyWindow, type LatencySummary } from './latency-window.js';
@@ -23,7 +24,27 @@ export interface InferenceServiceOptions {
   readonly threads?: LoadOptions['threads'];
   readonly graphOptimization?: LoadOptions['graphOptimization'];
   readonly engineOptions?: LoadOptions['engine'];
+  /**
+   * Where the model's runs execute (LoadOptions.executor). `auto` (default): on a thread of its
+   * own, unless warm-up shows a run takes under {@link INLINE_BELOW_MS}, in which case the
+   * hand-over would cost more than the event-loop time it frees and the model runs inline.
+   */
+  readonly executor?: 'auto' | 'inline' | 'thread';
+  /**
+   * Inputs for the warm-up runs, by name; inputs not given are zeros in the model's declared shape
+   * (dynamic dimensions as 1). Give real-sized inputs where the model has dynamic dimensions.
+   */
+  readonly warmupFeeds?: Feeds;
 }
+
+/**
+ * A model whose runs take less than this stays on the caller's thread under `executor: 'auto'`.
+ * A thread hand-over costs ~0.1–0.2 ms on a small ARM or x86 core (measured: docs/performance.md),
+ * and blocking the event loop for under a millisecond does not starve sensor sockets or MQTT.
+ */
+export const INLINE_BELOW_MS = 1;
+/** Warm-up runs at start: the first few pay one-off allocation and kernel selection. */
+const WARMUP_RUNS = 5;
 
 /** Lifecycle failures of a service: used before start, started twice. */
 export class ServiceError extends AiosError {}
@@ -34,6 +55,10 @@ export interface ServiceStats {
   readonly device: string;
   readonly engine: string;
   readonly backend: string;
+  /** Where runs execute: `inline` on the caller's thread, `thread` on the model's own. */
+  readonly executor: 'inline' | 'thread' | 'engine';
+  /** Median of the warm-up runs at start; absent when the model could not run on generated inputs. */
+  readonly warmupMs?: number;
   readonly requests: number;
   readonly errors: number;
   readonly latencyMs: LatencySummary;
@@ -56,6 +81,7 @@ export class InferenceService {
   private readonly window = new LatencyWindow(1024);
   private requests = 0;
   private errors = 0;
+  private warmupMs: number | undefined;
 
   constructor(model: string | ModelSource, options: InferenceServiceOptions = {}) {
     this.modelRef = model;
@@ -106,11 +132,23 @@ export class InferenceService {
     const placement = await hal.place(model, this.pool.devices, this.options.devices ?? []);
     const reservation = this.pool.reserve(placement.device.id, { owner: this.name, memoryBytes: await weightBytes(model.path), priority: this.options.priority ?? 1 });
     try {
-      this.loaded = await placement.engine.load(model, placement.device, {
-        ...(this.options.threads === undefined ? {} : { threads: this.options.threads }),
-        ...(this.options.graphOptimization === undefined ? {} : { graphOptimization: this.options.graphOptimization }),
-        ...(this.options.engineOptions === undefined ? {} : { engine: this.options.engineOptions }),
-      });
+      const load = (executor: 'inline' | 'thread'): Promise<LoadedModel> =>
+        placement.engine.load(model, placement.device, {
+          executor,
+          ...(this.options.threads === undefined ? {} : { threads: this.options.threads }),
+          ...(this.options.graphOptimization === undefined ? {} : { graphOptimization: this.options.graphOptimization }),
+          ...(this.options.engineOptions === undefined ? {} : { engine: this.options.engineOptions }),
+        });
+      const executor = this.options.executor ?? 'auto';
+      let loaded = await load(executor === 'inline' ? 'inline' : 'thread');
+      this.warmupMs = await warmUp(loaded, this.options.warmupFeeds ?? {});
+      if (executor === 'auto' && loaded.executor === 'thread' && this.warmupMs !== undefined && this.warmupMs < INLINE_BELOW_MS) {
+        // Small models load fast, so loading twice costs little; big ones never load twice.
+        await loaded.dispose();
+        loaded = await load('inline');
+        this.warmupMs = (await warmUp(loaded, this.options.warmupFeeds ?? {})) ?? this.warmupMs;
+      }
+      this.loaded = loaded;
       this.reservation = reservation;
     } catch (error) {
       this.pool.release(reservation);
@@ -143,7 +181,7 @@ export class InferenceService {
 
   stats(): ServiceStats {
     const model = this.require();
-    return { name: this.name, device: model.device.id, engine: model.engine, backend: model.backend, requests: this.requests, errors: this.errors, latencyMs: this.window.summary() };
+    return { name: this.name, device: model.device.id, engine: model.engine, backend: model.backend, executor: model.executor ?? 'engine', ...(this.warmupMs === undefined ? {} : { warmupMs: this.warmupMs }), requests: this.requests, errors: this.errors, latencyMs: this.window.summary() };
   }
 
   private get name(): string {
@@ -155,6 +193,28 @@ export class InferenceService {
     if (this.loaded === undefined) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
     return this.loaded;
   }
+}
+
+/**
+ * Runs the model a few times on `given` inputs (zeros for the rest) and returns the median of the
+ * last runs, ms; undefined when the model refuses generated inputs (a dynamic dimension that
+ * cannot be 1), which only means there is no measurement until real requests arrive.
+ */
+async function warmUp(model: LoadedModel, given: Feeds): Promise<number | undefined> {
+  const feeds: Record<string, Tensor> = {};
+  for (const spec of model.inputs) feeds[spec.name] = given[spec.name] ?? Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < WARMUP_RUNS; i++) {
+      const t0 = performance.now();
+      await model.run(feeds);
+      times.push(performance.now() - t0);
+    }
+  } catch {
+    return undefined;
+  }
+  const settled = times.slice(2).sort((a, b) => a - b);
+  return settled[Math.floor(settled.length / 2)];
 }
 
 /** Bytes of weights on disk: the file, or every file of a model folder (TF.js shards). */

@@ -36,6 +36,12 @@ export interface NodeContext<P> {
    * (stages need not: the executor waits before giving them the next message).
    */
   emit(port: string, value: unknown, from: Omit<Envelope, 'value'>): void | Promise<void>;
+  /**
+   * Declares work the node accepted in `process` that finishes later (an inference still running
+   * when `process` returns, so the next one can start). The pipeline is not done, and does not
+   * stop draining, until it settles; a rejection counts as the node's error and is warned about.
+   */
+  track(work: Promise<unknown>): void;
   /** Reports a problem that does not stop the node (rate-limited by the pipeline). */
   warn(message: string, cause?: unknown): void;
   /** Services shared by the pipeline: the resource pool, the HAL (for `infer`), callbacks. */
@@ -73,7 +79,7 @@ export interface CheckEnv {
  *
  * Lifecycle: `start` once before any message (allocate here, not at module load), then `run`
  * (sources: produce until the signal aborts or the input ends) or `process` per message (never
- * two at once for one node), then `stop` once. `types` and `check` run at validation time, with
+ * two at once for one node; a node that overlaps its own work returns early and `track`s it), then `stop` once. `types` and `check` run at validation time, with
  * no side effects.
  */
 export interface NodeDefinition<S extends TSchema = TSchema, State = unknown> {

@@ -33,6 +33,8 @@ interface RunningNode {
   readonly ctx: NodeContext<unknown>;
   state: unknown;
   busy: boolean;
+  /** Work the node accepted and finishes after `process` returned (ctx.track), not yet settled. */
+  outstanding: number;
   /** Room promises of `block` queues this node filled while processing the current message. */
   pendingRoom: Promise<void>[];
   lastWarn: number;
@@ -65,7 +67,7 @@ export class Executor extends EventEmitter {
     super();
     for (const node of graph.nodes) {
       const inboxes = graph.edges.filter((e) => e.to.node === node.name).map((edge) => ({ edge, queue: new BoundedQueue<{ port: string; message: Envelope }>(edge.queue.size, edge.queue.full) }));
-      const running: RunningNode = { node, inboxes, stats: new NodeStats(node.name, node.definition.use), ctx: undefined as unknown as NodeContext<unknown>, state: undefined, busy: false, pendingRoom: [], lastWarn: Number.NEGATIVE_INFINITY, suppressed: 0 };
+      const running: RunningNode = { node, inboxes, stats: new NodeStats(node.name, node.definition.use), ctx: undefined as unknown as NodeContext<unknown>, state: undefined, busy: false, outstanding: 0, pendingRoom: [], lastWarn: Number.NEGATIVE_INFINITY, suppressed: 0 };
       (running as { ctx: NodeContext<unknown> }).ctx = this.contextFor(running);
       this.nodes.set(node.name, running);
     }
@@ -134,6 +136,19 @@ export class Executor extends EventEmitter {
       signal: this.abort.signal,
       services: this.options.services,
       warn: (message, cause) => this.warn(running, message, cause),
+      track: (work) => {
+        running.outstanding++;
+        void work.then(
+          () => undefined,
+          (error: unknown) => {
+            running.stats.errors++;
+            this.warn(running, error instanceof Error ? error.message : String(error), error);
+          },
+        ).finally(() => {
+          running.outstanding--;
+          this.checkDone();
+        });
+      },
       emit: (port, value, from) => {
         running.stats.out++;
         let waits: Promise<void>[] | undefined;
@@ -229,11 +244,11 @@ export class Executor extends EventEmitter {
   /** Done when no source runs, nothing is queued and no node is busy. */
   private checkDone(): void {
     if (this.sourcesRunning > 0 || this.stopping !== undefined) return;
-    for (const r of this.nodes.values()) if (r.busy || r.inboxes.some((i) => i.queue.length > 0)) return;
+    for (const r of this.nodes.values()) if (r.busy || r.outstanding > 0 || r.inboxes.some((i) => i.queue.length > 0)) return;
     // Let any microtask-scheduled emits land before declaring the pipeline finished.
     setImmediate(() => {
       if (this.sourcesRunning > 0 || this.stopping !== undefined) return;
-      for (const r of this.nodes.values()) if (r.busy || r.inboxes.some((i) => i.queue.length > 0)) return;
+      for (const r of this.nodes.values()) if (r.busy || r.outstanding > 0 || r.inboxes.some((i) => i.queue.length > 0)) return;
       this.emit('done');
     });
   }
@@ -241,7 +256,7 @@ export class Executor extends EventEmitter {
   private async drain(limitMs: number): Promise<void> {
     const until = performance.now() + limitMs;
     while (performance.now() < until) {
-      const idle = [...this.nodes.values()].every((r) => !r.busy && r.inboxes.every((i) => i.queue.length === 0));
+      const idle = [...this.nodes.values()].every((r) => !r.busy && r.outstanding === 0 && r.inboxes.every((i) => i.queue.length === 0));
       if (idle && this.sourcesRunning === 0) return;
       await new Promise((r) => setTimeout(r, 5));
     }

@@ -23,6 +23,13 @@ const Params = Type.Object(
       }),
     ),
     state: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'recurrent state: output name -> input name it feeds on the next run (zeros at first), e.g. { hn: h, cn: c }' })),
+    inFlight: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 16,
+        description: 'runs started before the oldest has finished (default 2; 1 with recurrent state, where each run needs the last one\'s output). Results leave in arrival order.',
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -55,6 +62,9 @@ export const inferStage = defineNode({
 
   async check(params, env) {
     const problems: ConfigProblem[] = [];
+    if ((params.inFlight ?? 1) > 1 && Object.keys(params.state ?? {}).length > 0) {
+      problems.push({ path: ['params', 'inFlight'], message: `inFlight ${params.inFlight} cannot be used with recurrent state: each run needs the previous run's ${Object.keys(params.state ?? {}).join(', ')}; remove inFlight or set it to 1` });
+    }
     const file = path.resolve(env.baseDir, params.model);
     let signature: readonly TensorSpec[];
     try {
@@ -104,12 +114,24 @@ export const inferStage = defineNode({
       const spec = service.inputs.find((s) => s.name === input);
       if (spec !== undefined) recurrent[input] = Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
     }
-    return { service, inputName, constants, recurrent };
+    const inFlight = ctx.params.inFlight ?? (Object.keys(ctx.params.state ?? {}).length > 0 ? 1 : 2);
+    return { service, inputName, constants, recurrent, inFlight, running: [] as Promise<unknown>[], tail: Promise.resolve() as Promise<unknown> };
   },
 
   async process(_port, message, ctx, state) {
     const value = message.value;
     const given = value instanceof Tensor ? { [state.inputName]: value } : (value as Record<string, Tensor>);
+    if (state.inFlight > 1) {
+      // Start this run while earlier ones may still be going (on the model's thread or device),
+      // so the device never waits for this thread to hand it the next input.
+      const run = state.service.infer({ ...state.constants, ...given });
+      const emitted = state.tail.then(() => run).then((outputs) => ctx.emit('out', outputs, message));
+      state.tail = emitted.catch(() => undefined);
+      ctx.track(emitted);
+      state.running.push(emitted.catch(() => undefined));
+      if (state.running.length >= state.inFlight) await state.running.shift();
+      return;
+    }
     const outputs = await state.service.infer({ ...state.constants, ...state.recurrent, ...given });
     for (const [output, input] of Object.entries(ctx.params.state ?? {})) {
       const next = outputs[output];

@@ -26,6 +26,9 @@ export async function startSink<S extends TSchema, State>(
       throw new Error('a sink has no outputs');
     },
     warn: (message) => warnings.push(message),
+    track: () => {
+      throw new Error('sinks finish their work inside process');
+    },
     services: { callbacks: options.callbacks ?? new Map(), extra: {} },
   };
   const state = (await definition.start?.(ctx)) as State;

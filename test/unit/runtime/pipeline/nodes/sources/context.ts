@@ -34,6 +34,9 @@ export function sourceContext<S extends TSchema>(
     warn(message: string, cause?: unknown) {
       recorded.warnings.push({ message, cause });
     },
+    track() {
+      throw new Error('sources finish their work inside run');
+    },
     services: { callbacks: new Map(), extra: {} },
   };
   return { ctx, recorded };

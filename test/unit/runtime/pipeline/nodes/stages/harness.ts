@@ -39,6 +39,7 @@ export async function startStage<S extends TSchema, State>(definition: NodeDefin
   const emitted: Emitted[] = [];
   const warnings: string[] = [];
   const abort = new AbortController();
+  const tracked: Promise<unknown>[] = [];
   const ctx: NodeContext<Static<S>> = {
     name: definition.use,
     params: p,
@@ -46,6 +47,7 @@ export async function startStage<S extends TSchema, State>(definition: NodeDefin
     signal: abort.signal,
     services: { callbacks: new Map(), extra: options.extra ?? {} },
     warn: (message) => warnings.push(message),
+    track: (work) => void tracked.push(work),
     emit: (port, value, from) => {
       const { value: _v, ...kept } = from as Envelope;
       emitted.push({ port, value, from: kept });
@@ -59,6 +61,8 @@ export async function startStage<S extends TSchema, State>(definition: NodeDefin
     state,
     async send(value, at = {}, port = definition.inputs[0] ?? 'in') {
       await definition.process?.(port, envelope(value, at), ctx, state);
+      // Like the pipeline, a send is finished when the work the stage tracked has settled.
+      await Promise.all(tracked.splice(0));
     },
     async stop() {
       abort.abort();
