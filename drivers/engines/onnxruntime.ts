@@ -248,7 +248,9 @@ function fromOrtType(type: string, model: string): DType {
 
 function toSpec(meta: Ort.InferenceSession.ValueMetadata | ValueMeta, model: string): TensorSpec {
   if (!meta.isTensor || !('type' in meta)) throw new ModelError('EAI_MODEL_UNSUPPORTED_TYPE', `${model}: '${meta.name}' is not a tensor (sequence or map values are not supported).`, { details: { model, name: meta.name } });
-  return { name: meta.name, dtype: fromOrtType(meta.type, model), shape: meta.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : null)) };
+  const shape = meta.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : null));
+  const names = meta.shape.map((d) => (typeof d === 'string' && d !== '' ? d : null));
+  return { name: meta.name, dtype: fromOrtType(meta.type, model), shape, ...(names.some((n) => n !== null) ? { dimNames: names } : {}) };
 }
 
 /**

@@ -128,13 +128,31 @@ export class HalRegistry {
    * refused, so the user sees at once whether to install a library or change the preference.
    */
   async place(model: ModelSource, devices: readonly DeviceInfo[], preference: DevicePreference = []): Promise<Placement> {
+    const { placements, refusals } = await this.placements(model, devices, preference, 1);
+    const first = placements[0];
+    if (first !== undefined) return first;
+    const ordered = orderDevices(devices, preference);
+    const wanted = preference.length === 0 ? 'any device' : `devices [${preference.join(', ')}]`;
+    const lines = refusals.map((r) => `  - ${r.device}${r.engine ? ` with ${r.engine}` : ''}: ${r.reason}${r.fix ? ` (fix: ${r.fix})` : ''}`);
+    if (ordered.length === 0) lines.push(`  - no device matches; this machine has: ${devices.map((d) => d.id).join(', ') || 'no devices'}`);
+    throw new PlacementError('EAI_HAL_NO_DEVICE', `Cannot run ${model.path} (${model.format}) on ${wanted}:\n${lines.join('\n')}`, { details: { model: model.path, format: model.format, preference, refusals } });
+  }
+
+  /**
+   * Every (device, engine) pair that can run `model`, in preference order, one per device (its
+   * best engine), up to `limit`; and why the others were refused. What failover walks down.
+   * Throws only when no engine handles the format at all.
+   */
+  async placements(model: ModelSource, devices: readonly DeviceInfo[], preference: DevicePreference = [], limit = Number.POSITIVE_INFINITY): Promise<{ placements: Placement[]; refusals: Refusal[] }> {
     const ordered = orderDevices(devices, preference);
     const refusals: Refusal[] = [];
+    const placements: Placement[] = [];
     const engines = this.engines.filter((e) => e.formats.includes(model.format));
     if (engines.length === 0) {
       throw new PlacementError('EAI_HAL_NO_ENGINE', `No engine runs ${model.format} models (${model.path}). Engines registered: ${this.engines.map((e) => `${e.name} (${e.formats.join(', ')})`).join('; ') || 'none'}.`, { details: { model: model.path, format: model.format } });
     }
     for (const device of ordered) {
+      if (placements.length >= limit) break;
       if (device.status.state !== 'ready') {
         refusals.push({ device: device.id, reason: device.status.reason, fix: device.status.fix });
         continue;
@@ -145,14 +163,14 @@ export class HalRegistry {
       }
       for (const engine of engines) {
         const support = await checkSupport(engine, device);
-        if (support.ok) return { device, engine };
+        if (support.ok) {
+          placements.push({ device, engine });
+          break;
+        }
         refusals.push({ device: device.id, engine: engine.name, reason: support.reason, fix: support.fix });
       }
     }
-    const wanted = preference.length === 0 ? 'any device' : `devices [${preference.join(', ')}]`;
-    const lines = refusals.map((r) => `  - ${r.device}${r.engine ? ` with ${r.engine}` : ''}: ${r.reason}${r.fix ? ` (fix: ${r.fix})` : ''}`);
-    if (ordered.length === 0) lines.push(`  - no device matches; this machine has: ${devices.map((d) => d.id).join(', ') || 'no devices'}`);
-    throw new PlacementError('EAI_HAL_NO_DEVICE', `Cannot run ${model.path} (${model.format}) on ${wanted}:\n${lines.join('\n')}`, { details: { model: model.path, format: model.format, preference, refusals } });
+    return { placements, refusals };
   }
 }
 

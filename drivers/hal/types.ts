@@ -75,6 +75,12 @@ export interface TensorSpec {
   readonly name: string;
   readonly dtype: DType;
   readonly shape: readonly (number | null)[];
+  /**
+   * The model's own names for its dynamic dimensions (ONNX `dim_param`, e.g. `batch`), null where
+   * a dimension is fixed or unnamed; absent when the format has no names. Two tensors sharing a
+   * name share that size: that is how batching finds the batch axis of each input and output.
+   */
+  readonly dimNames?: readonly (string | null)[];
 }
 
 /** Where a model comes from: a file or folder on disk, with its format already known. */

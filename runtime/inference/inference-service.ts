@@ -1,17 +1,25 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { createBuiltinHal } from '../../drivers/builtin.js';
-import { AiosError } from '../../drivers/errors.js';
+import { AiosError, DeviceUnavailableError, ModelError, PlacementError } from '../../drivers/errors.js';
+import { checkFeeds } from '../../drivers/hal/feeds.js';
 import { detectModel } from '../../drivers/hal/model-format.js';
-import type { DevicePreference, HalRegistry } from '../../drivers/hal/registry.js';
-import type { DeviceInfo, Feeds, LoadedModel, LoadOptions, ModelSource, Outputs, TensorSpec } from '../../drivers/hal/types.js';
+import type { DevicePreference, HalRegistry, Placement } from '../../drivers/hal/registry.js';
+import type { DeviceInfo, Feeds, LoadOptions, ModelSource, Outputs, TensorSpec } from '../../drivers/hal/types.js';
 import { Tensor } from '../../drivers/tensor/tensor.js';
-import type { Reservation } from '../resource-pool.js';
-import { ResourcePool } from '../resource-pool.js';
+import type { DeviceShare, Reservation } from '../resource-pool.js';
+import { AdmissionError, ResourcePool } from '../resource-pool.js';
+import { DeadlineError } from '../scheduler/device-scheduler.js';
+import { Batcher } from './batcher.js';
+import type { BatchLayout } from './batching.js';
+import { batchLayout, stack } from './batching.js';
 import { LatencyWindow, type LatencySummary } from './latency-window.js';
+import { Replica, type ReplicaState } from './replica.js';
+
+export { INLINE_BELOW_MS } from './replica.js';
 
 export interface InferenceServiceOptions {
-  /** Device kinds or ids, best first (`['jetson', 'cuda', 'cpu']`). Empty: any device, accelerators first. */
+  /** Device kinds or ids, best first (`['jetson', 'cuda', 'cpu']`). Empty: any device, accelerators first. Failover walks this list. */
   readonly devices?: DevicePreference;
   /** The pool to reserve from; share one pool between services. Default: discover this machine. */
   readonly pool?: ResourcePool;
@@ -19,8 +27,15 @@ export interface InferenceServiceOptions {
   readonly hal?: HalRegistry;
   /** Name in reservations and stats; defaults to the model file name. */
   readonly name?: string;
-  /** Scheduling priority carried by the reservation (higher runs more). */
+  /** Scheduling weight on shared devices: under contention, runs are granted in proportion (docs/scheduling.md). Default 1. */
   readonly priority?: number;
+  /**
+   * Runs per second this service expects to ask for. With it, start() is refused (AdmissionError,
+   * EAI_SCHED_ADMISSION) when no listed device can give that rate at this priority, saying by how much.
+   */
+  readonly rateHz?: number;
+  /** Default deadline of a request, ms after `infer` is called. A request not started by then fails with EAI_DEADLINE_MISSED. */
+  readonly deadlineMs?: number;
   readonly threads?: LoadOptions['threads'];
   readonly graphOptimization?: LoadOptions['graphOptimization'];
   readonly engineOptions?: LoadOptions['engine'];
@@ -35,23 +50,45 @@ export interface InferenceServiceOptions {
    * (dynamic dimensions as 1). Give real-sized inputs where the model has dynamic dimensions.
    */
   readonly warmupFeeds?: Feeds;
+  /**
+   * Dynamic batching: requests arriving within `maxDelayMs` of each other run as one batch of up to
+   * `maxBatch` rows. Needs a model with a dynamic batch dimension (`symbol` names it when the model
+   * has several dynamic dimensions in every output).
+   */
+  readonly batching?: { readonly maxBatch: number; readonly maxDelayMs: number; readonly symbol?: string };
+  /** A run taking longer than this marks its device down and moves the request on. Default: max(2 s, 20 × its measured cost). */
+  readonly timeoutMs?: number;
+  /** Retry of a failed device: first delay and ceiling, ms (doubling). Default 500 ms → 30 s. */
+  readonly retry?: { readonly initialMs?: number; readonly maxMs?: number };
 }
 
-/**
- * A model whose runs take less than this stays on the caller's thread under `executor: 'auto'`.
- * A thread hand-over costs ~0.1–0.2 ms on a small ARM or x86 core (measured: docs/performance.md),
- * and blocking the event loop for under a millisecond does not starve sensor sockets or MQTT.
- */
-export const INLINE_BELOW_MS = 1;
-/** Warm-up runs at start: the first few pay one-off allocation and kernel selection. */
-const WARMUP_RUNS = 5;
+/** Per-request options. */
+export interface InferOptions {
+  /** Deadline, ms from now; overrides the service's `deadlineMs`. */
+  readonly deadlineMs?: number;
+  /** Deadline as a time on the `performance.now()` clock (a sensor message's arrival + budget); wins over `deadlineMs`. */
+  readonly deadline?: number;
+}
 
 /** Lifecycle failures of a service: used before start, started twice. */
 export class ServiceError extends AiosError {}
 
+/** One candidate device of a service, as stats report it. */
+export interface ReplicaStats {
+  readonly device: string;
+  readonly engine: string;
+  readonly state: ReplicaState;
+  readonly backend?: string;
+  readonly executor?: 'inline' | 'thread' | 'engine';
+  readonly reason?: string;
+  /** Measured cost per run by batch size, ms. */
+  readonly costMs: Readonly<Record<number, number>>;
+}
+
 /** Where a started service runs and how it has done so far. */
 export interface ServiceStats {
   readonly name: string;
+  /** The device new requests go to now. */
   readonly device: string;
   readonly engine: string;
   readonly backend: string;
@@ -59,29 +96,62 @@ export interface ServiceStats {
   readonly executor: 'inline' | 'thread' | 'engine';
   /** Median of the warm-up runs at start; absent when the model could not run on generated inputs. */
   readonly warmupMs?: number;
+  readonly priority: number;
+  readonly rateHz?: number;
   readonly requests: number;
   readonly errors: number;
+  /** Requests that failed because their deadline passed before they could start. */
+  readonly expired: number;
+  /** Requests answered after their deadline. */
+  readonly deadlineMisses: number;
+  /** Times the service moved off a failed device. */
+  readonly failovers: number;
+  /** End-to-end latency of answered requests (queueing, batching and the run). */
   readonly latencyMs: LatencySummary;
+  /** Time requests waited before their run started. */
+  readonly queueMs: LatencySummary;
+  readonly batches?: { readonly count: number; readonly meanRows: number; readonly sizes: Readonly<Record<number, number>> };
+  /** Its share of the device serving now, as the device's scheduler sees it (docs/scheduling.md). */
+  readonly share?: Pick<DeviceShare, 'entitledRateHz' | 'receivedRateHz' | 'entitledShare' | 'receivedShare'>;
+  readonly replicas: readonly ReplicaStats[];
 }
 
+/** A device error that moves a request to the next device rather than failing it. */
+class MovedOff extends Error {}
+
 /**
- * One model served on one device: `start()` places it (HAL + device preference), reserves its
- * memory in the pool and loads it; `infer()` runs it; `stop()` unloads it and frees the
- * reservation. This is the seam later work grows (batching, deadlines, failover), so `infer`
- * keeps the per-call path short: one input check in the engine, two clock reads, no copies.
+ * One model served across the devices of a preference list. `start()` places it on the first
+ * device that can run it and admits its declared rate (HAL + pool), loads and measures it;
+ * `infer()` runs it through the device's scheduler (priority share, deadlines), batched when
+ * asked; when that device errors, hangs past its timeout or disappears from the probes, it is
+ * marked down, waiting and new requests move to the next device in the list (loading the model
+ * there), and the failed device is retried with backoff and used again once it runs. No request
+ * is lost or answered twice: each `infer` settles exactly once, with outputs or an error.
  *
  * `infer` calls may overlap. `start` and `stop` must not overlap each other.
  */
 export class InferenceService {
   private readonly modelRef: string | ModelSource;
   private readonly options: InferenceServiceOptions;
-  private loaded: LoadedModel | undefined;
-  private reservation: Reservation | undefined;
+  private model: ModelSource | undefined;
   private pool: ResourcePool | undefined;
+  private replicas: Replica[] = [];
+  /** Reservation (and so scheduler task) per replica that is up. */
+  private readonly reservations = new Map<Replica, Reservation>();
+  private signature: { inputs: readonly TensorSpec[]; outputs: readonly TensorSpec[] } | undefined;
+  private batcher: Batcher | undefined;
+  private layout: BatchLayout | undefined;
+  /** A replica being brought up (failover), shared by the requests that need it. */
+  private raising: Promise<Replica | undefined> | undefined;
+  private onPoolEvent: ((device: DeviceInfo) => void) | undefined;
   private readonly window = new LatencyWindow(1024);
+  private readonly queueWindow = new LatencyWindow(1024);
   private requests = 0;
   private errors = 0;
-  private warmupMs: number | undefined;
+  private expired = 0;
+  private misses = 0;
+  private failovers = 0;
+  private stopped = false;
 
   constructor(model: string | ModelSource, options: InferenceServiceOptions = {}) {
     this.modelRef = model;
@@ -89,31 +159,31 @@ export class InferenceService {
   }
 
   get started(): boolean {
-    return this.loaded !== undefined;
+    return this.signature !== undefined && !this.stopped;
   }
 
-  /** The device the model runs on. */
+  /** The device new requests go to now. */
   get device(): DeviceInfo {
-    return this.require().device;
+    return this.current().device;
   }
 
   get engine(): string {
-    return this.require().engine;
+    return this.current().engine.name;
   }
 
   /** What executes underneath: the execution provider or tfjs backend. */
   get backend(): string {
-    return this.require().backend;
+    return this.currentModel().backend;
   }
 
   /** Better backends the engine passed over for this model, with why (e.g. TensorRT library missing). */
   get skipped(): readonly { readonly backend: string; readonly reason: string }[] {
-    return this.require().skipped ?? [];
+    return this.currentModel().skipped ?? [];
   }
 
   /** What the user should know about how the model runs. */
   get warnings(): readonly string[] {
-    return this.require().warnings ?? [];
+    return this.currentModel().warnings ?? [];
   }
 
   get inputs(): readonly TensorSpec[] {
@@ -124,64 +194,367 @@ export class InferenceService {
     return this.require().outputs;
   }
 
+  /**
+   * Places, admits, loads and measures the model on the first device of the preference list that
+   * can run it at the declared rate. Devices that fail to load it, or cannot give the rate, are
+   * passed over (and stay candidates for failover); when none can, the error says why for each.
+   */
   async start(): Promise<void> {
-    if (this.loaded !== undefined) throw new ServiceError('EAI_SERVICE_STARTED', `${this.name} is already started; stop() it before starting again.`);
+    if (this.signature !== undefined && !this.stopped) throw new ServiceError('EAI_SERVICE_STARTED', `${this.name} is already started; stop() it before starting again.`);
+    this.stopped = false;
     const model = typeof this.modelRef === 'string' ? await detectModel(this.modelRef) : this.modelRef;
+    this.model = model;
     const hal = this.options.hal ?? createBuiltinHal();
     this.pool = this.options.pool ?? (await ResourcePool.discover(hal));
-    const placement = await hal.place(model, this.pool.devices, this.options.devices ?? []);
-    const reservation = this.pool.reserve(placement.device.id, { owner: this.name, memoryBytes: await weightBytes(model.path), priority: this.options.priority ?? 1 });
-    try {
-      const load = (executor: 'inline' | 'thread'): Promise<LoadedModel> =>
-        placement.engine.load(model, placement.device, {
-          executor,
-          ...(this.options.threads === undefined ? {} : { threads: this.options.threads }),
-          ...(this.options.graphOptimization === undefined ? {} : { graphOptimization: this.options.graphOptimization }),
-          ...(this.options.engineOptions === undefined ? {} : { engine: this.options.engineOptions }),
-        });
-      const executor = this.options.executor ?? 'auto';
-      let loaded = await load(executor === 'inline' ? 'inline' : 'thread');
-      this.warmupMs = await warmUp(loaded, this.options.warmupFeeds ?? {});
-      if (executor === 'auto' && loaded.executor === 'thread' && this.warmupMs !== undefined && this.warmupMs < INLINE_BELOW_MS) {
-        // Small models load fast, so loading twice costs little; big ones never load twice.
-        await loaded.dispose();
-        loaded = await load('inline');
-        this.warmupMs = (await warmUp(loaded, this.options.warmupFeeds ?? {})) ?? this.warmupMs;
+    const preference = this.options.devices ?? [];
+    const { placements } = await hal.placements(model, this.pool.devices, preference);
+    // No candidate at all: place() builds the error that lists every refusal.
+    if (placements.length === 0) await hal.place(model, this.pool.devices, preference);
+    this.replicas = placements.map((p: Placement) => new Replica(p, this.options.retry?.initialMs ?? 500));
+    const refusals: Error[] = [];
+    for (const replica of this.replicas) {
+      try {
+        await this.bringUp(replica);
+        break;
+      } catch (error) {
+        if (error instanceof ModelError) {
+          await this.stop();
+          throw error; // the model itself is bad: no device will do better
+        }
+        refusals.push(error instanceof Error ? error : new Error(String(error)));
+        replica.state = 'idle';
       }
-      this.loaded = loaded;
-      this.reservation = reservation;
-    } catch (error) {
-      this.pool.release(reservation);
-      throw error;
     }
+    if (!this.replicas.some((r) => r.state === 'up')) {
+      await this.stop();
+      const first = refusals[0];
+      if (refusals.length === 1 && first !== undefined) throw first;
+      const admission = refusals.find((e) => e instanceof AdmissionError);
+      const lines = refusals.map((e) => `  - ${e.message.split('\n').join('\n    ')}`);
+      if (admission !== undefined) throw new AdmissionError('EAI_SCHED_ADMISSION', `${this.name} cannot start on any listed device:\n${lines.join('\n')}`, { details: { service: this.name } });
+      throw new PlacementError('EAI_HAL_NO_DEVICE', `${this.name} could not be loaded on any listed device:\n${lines.join('\n')}`, { details: { service: this.name } });
+    }
+    if (this.options.batching !== undefined) {
+      const { maxBatch, maxDelayMs } = this.options.batching;
+      const layout = this.requireLayout();
+      this.batcher = new Batcher({
+        maxBatch,
+        maxDelayMs,
+        layout,
+        run: (feeds, rows, deadline) => this.dispatch(feeds, rows, deadline),
+        estimateMs: (rows) => this.current().cost.estimateMs(rows) ?? 0,
+      });
+    }
+    this.onPoolEvent = (device) => this.deviceChanged(device);
+    this.pool.on('lost', this.onPoolEvent);
+    this.pool.on('changed', this.onPoolEvent);
+    this.pool.on('found', this.onPoolEvent);
   }
 
-  /** Runs the model once. Input names, dtypes and shapes are checked against the model first. */
-  async infer(inputs: Feeds): Promise<Outputs> {
-    const model = this.require();
+  /**
+   * Runs the model once. Inputs are checked against the model first (a wrong name, dtype or shape
+   * fails at once, on no device). With batching, the request may share a run with others.
+   */
+  async infer(inputs: Feeds, options: InferOptions = {}): Promise<Outputs> {
+    const signature = this.require();
     const t0 = performance.now();
     this.requests++;
     try {
-      const outputs = await model.run(inputs);
-      this.window.add(performance.now() - t0);
+      checkFeeds(signature.inputs, inputs, this.name);
+      const after = options.deadlineMs ?? this.options.deadlineMs;
+      const deadline = options.deadline ?? (after === undefined ? undefined : t0 + after);
+      const outputs = this.batcher !== undefined ? await this.batcher.submit(inputs, deadline === undefined ? {} : { deadline }) : await this.dispatch(inputs, 1, deadline);
+      const t1 = performance.now();
+      this.window.add(t1 - t0);
+      if (deadline !== undefined && t1 > deadline) this.misses++;
       return outputs;
     } catch (error) {
       this.errors++;
+      if (error instanceof DeadlineError) this.expired++;
       throw error;
     }
   }
 
   async stop(): Promise<void> {
-    const model = this.loaded;
-    this.loaded = undefined;
-    if (this.reservation !== undefined) this.pool?.release(this.reservation);
-    this.reservation = undefined;
-    await model?.dispose();
+    this.stopped = true;
+    await this.batcher?.close(new ServiceError('EAI_SERVICE_STOPPED', `${this.name} was stopped before this request ran.`));
+    this.batcher = undefined;
+    if (this.onPoolEvent !== undefined && this.pool !== undefined) {
+      this.pool.off('lost', this.onPoolEvent);
+      this.pool.off('changed', this.onPoolEvent);
+      this.pool.off('found', this.onPoolEvent);
+    }
+    this.onPoolEvent = undefined;
+    for (const replica of this.replicas) {
+      clearTimeout(replica.retryTimer);
+      this.release(replica, new ServiceError('EAI_SERVICE_STOPPED', `${this.name} was stopped before this request ran.`));
+      replica.state = 'stopped';
+      await replica.unload();
+    }
   }
 
   stats(): ServiceStats {
-    const model = this.require();
-    return { name: this.name, device: model.device.id, engine: model.engine, backend: model.backend, executor: model.executor ?? 'engine', ...(this.warmupMs === undefined ? {} : { warmupMs: this.warmupMs }), requests: this.requests, errors: this.errors, latencyMs: this.window.summary() };
+    const replica = this.current();
+    const model = replica.loaded;
+    const batches = this.batcher?.stats();
+    const task = this.reservations.get(replica)?.task;
+    const share = task === undefined ? undefined : this.pool?.shares(replica.device.id).find((s) => s.task === task);
+    return {
+      name: this.name,
+      device: replica.device.id,
+      engine: replica.engine.name,
+      backend: model?.backend ?? 'none',
+      executor: model?.executor ?? 'engine',
+      ...(replica.warmupMs === undefined ? {} : { warmupMs: replica.warmupMs }),
+      priority: this.priority,
+      ...(this.options.rateHz === undefined ? {} : { rateHz: this.options.rateHz }),
+      requests: this.requests,
+      errors: this.errors,
+      expired: this.expired,
+      deadlineMisses: this.misses,
+      failovers: this.failovers,
+      latencyMs: this.window.summary(),
+      queueMs: this.queueWindow.summary(),
+      ...(batches === undefined ? {} : { batches: { count: batches.batches, meanRows: batches.meanBatch, sizes: batches.sizes } }),
+      ...(share === undefined ? {} : { share: { entitledRateHz: share.entitledRateHz, receivedRateHz: share.receivedRateHz, entitledShare: share.entitledShare, receivedShare: share.receivedShare } }),
+      replicas: this.replicas.map((r) => ({
+        device: r.device.id,
+        engine: r.engine.name,
+        state: r.state,
+        ...(r.loaded === undefined ? {} : { backend: r.loaded.backend, executor: r.loaded.executor ?? 'engine' }),
+        ...(r.downReason === undefined ? {} : { reason: r.downReason }),
+        costMs: Object.fromEntries(Object.entries(r.cost.snapshot()).map(([rows, c]) => [rows, Number(c.ms.toFixed(3))])),
+      })),
+    };
+  }
+
+  /** The reservation (scheduler task) on the device serving now: what `pool.shares()` reports it under. */
+  get reservation(): Reservation | undefined {
+    const replica = this.replicas.find((r) => r.state === 'up');
+    return replica === undefined ? undefined : this.reservations.get(replica);
+  }
+
+  /**
+   * Sends one run (a request or a batch of `rows`) to the best device that is up, and on a device
+   * fault moves it to the next, until one answers or every candidate has failed it.
+   */
+  private async dispatch(feeds: Feeds, rows: number, deadline: number | undefined): Promise<Outputs> {
+    const failedOn = new Set<Replica>();
+    let lastFault: Error | undefined;
+    for (;;) {
+      if (this.stopped) throw new ServiceError('EAI_SERVICE_STOPPED', `${this.name} was stopped before this request ran.`);
+      const replica = this.replicas.find((r) => r.state === 'up' && !failedOn.has(r)) ?? (await this.failOver(failedOn));
+      if (replica === undefined) {
+        throw new DeviceUnavailableError('EAI_SERVICE_NO_DEVICE', `no device can run ${this.name} now${lastFault === undefined ? '' : ` (last failure: ${lastFault.message})`}; down: ${this.replicas.filter((r) => r.state === 'down').map((r) => `${r.device.id} (${r.downReason ?? 'failed'})`).join(', ') || 'none'}`, 'check the devices with `aios devices`; the service retries failed devices with backoff and resumes by itself', { ...(lastFault === undefined ? {} : { cause: lastFault }), details: { service: this.name } });
+      }
+      try {
+        return await this.runOn(replica, feeds, rows, deadline);
+      } catch (error) {
+        if (error instanceof MovedOff) continue; // its device went down while it waited: try again
+        if (!this.isFault(error)) throw error;
+        lastFault = error as Error;
+        failedOn.add(replica);
+        this.fault(replica, error as Error);
+      }
+    }
+  }
+
+  private async runOn(replica: Replica, feeds: Feeds, rows: number, deadline: number | undefined): Promise<Outputs> {
+    const reservation = this.reservations.get(replica);
+    const model = replica.loaded;
+    if (reservation === undefined || model === undefined || this.pool === undefined) throw new MovedOff();
+    const queued = performance.now();
+    const timeoutMs = this.options.timeoutMs ?? Math.max(2000, 20 * (replica.cost.estimateMs(rows) ?? 100));
+    const outputs = await this.pool.scheduler(replica.device.id).submit(reservation.task, {
+      costMs: replica.cost.estimateMs(rows) ?? 0,
+      ...(deadline === undefined ? {} : { deadline }),
+      run: async () => {
+        const t0 = performance.now();
+        this.queueWindow.add(t0 - queued);
+        const result = await withTimeout(model.run(feeds), timeoutMs, () => new DeviceUnavailableError('EAI_DEVICE_TIMEOUT', `${replica.device.id} did not finish a run of ${this.name} within ${timeoutMs} ms`, 'check the device (aios devices --watch); the service moved the request to the next device'));
+        replica.cost.observe(rows, performance.now() - t0);
+        return result;
+      },
+    });
+    replica.failures = 0;
+    return outputs;
+  }
+
+  /** Device trouble (moves the request on) rather than a problem with the request itself. */
+  private isFault(error: unknown): boolean {
+    if (error instanceof DeviceUnavailableError) return true;
+    return error instanceof ModelError && error.code === 'EAI_MODEL_RUN_FAILED';
+  }
+
+  /**
+   * Counts a failure against a replica. A device that is gone, hung or crashed is down at once;
+   * a run that merely failed marks it down after three in a row (one bad run may be the input's).
+   */
+  private fault(replica: Replica, error: Error): void {
+    replica.failures++;
+    if (replica.state !== 'up') return;
+    if (error instanceof DeviceUnavailableError || replica.failures >= 3) this.markDown(replica, error.message);
+  }
+
+  private markDown(replica: Replica, reason: string): void {
+    if (replica.state !== 'up') return;
+    replica.state = 'down';
+    replica.downReason = reason;
+    this.failovers++;
+    // Requests still queued for it go back to dispatch, which finds them another device.
+    this.release(replica, new MovedOff());
+    void replica.unload();
+    this.scheduleRetry(replica);
+  }
+
+  /** Brings up the next candidate not yet failed for this run; one attempt shared by every waiting request. */
+  private failOver(failedOn: ReadonlySet<Replica>): Promise<Replica | undefined> {
+    this.raising ??= (async (): Promise<Replica | undefined> => {
+      try {
+        for (const replica of this.replicas) {
+          if (replica.state !== 'idle' || failedOn.has(replica)) continue;
+          try {
+            await this.bringUp(replica);
+            return replica;
+          } catch (error) {
+            replica.state = 'down';
+            replica.downReason = error instanceof Error ? error.message : String(error);
+            this.scheduleRetry(replica);
+          }
+        }
+        return undefined;
+      } finally {
+        this.raising = undefined;
+      }
+    })();
+    return this.raising.then((r) => (r !== undefined && !failedOn.has(r) && r.state === 'up' ? r : this.replicas.find((x) => x.state === 'up' && !failedOn.has(x))));
+  }
+
+  /** Reserves, admits, loads and measures the model on one replica's device. */
+  private async bringUp(replica: Replica): Promise<void> {
+    const pool = this.pool;
+    const model = this.model;
+    if (pool === undefined || model === undefined) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
+    const reservation = pool.reserve(replica.device.id, {
+      owner: this.name,
+      memoryBytes: await weightBytes(model.path),
+      priority: this.priority,
+      ...(this.options.rateHz === undefined ? {} : { rateHz: this.options.rateHz }),
+      costMs: () => replica.cost.estimateMs(1),
+      admitLater: true,
+    });
+    try {
+      const loaded = await replica.load(model, {
+        executor: this.options.executor ?? 'auto',
+        load: {
+          ...(this.options.threads === undefined ? {} : { threads: this.options.threads }),
+          ...(this.options.graphOptimization === undefined ? {} : { graphOptimization: this.options.graphOptimization }),
+          ...(this.options.engineOptions === undefined ? {} : { engine: this.options.engineOptions }),
+        },
+        warmupFeeds: this.options.warmupFeeds ?? {},
+        ...(this.options.batching === undefined ? {} : { warmupBatch: (rows: number) => this.batchOfZeros(rows) }),
+      });
+      if (this.signature === undefined) this.signature = { inputs: loaded.inputs, outputs: loaded.outputs };
+      // Admission needs the measured cost, so it comes after the warm-up.
+      pool.admit(reservation);
+      replica.state = 'up';
+      replica.downReason = undefined;
+      replica.failures = 0;
+      replica.retryDelayMs = this.options.retry?.initialMs ?? 500;
+      this.reservations.set(replica, reservation);
+    } catch (error) {
+      pool.release(reservation);
+      await replica.unload();
+      throw error;
+    }
+  }
+
+  /** Once a better device serves again, the ones below it that took over are unloaded, freeing their memory. */
+  private dropStandbys(): void {
+    const best = this.replicas.findIndex((r) => r.state === 'up');
+    this.replicas.forEach((replica, i) => {
+      if (i <= best || replica.state !== 'up') return;
+      replica.state = 'idle';
+      this.release(replica, new MovedOff());
+      void replica.unload();
+    });
+  }
+
+  private scheduleRetry(replica: Replica): void {
+    if (this.stopped) return;
+    clearTimeout(replica.retryTimer);
+    const delay = replica.retryDelayMs;
+    replica.retryDelayMs = Math.min(delay * 2, this.options.retry?.maxMs ?? 30_000);
+    replica.retryTimer = setTimeout(() => void this.retry(replica), delay);
+    replica.retryTimer.unref();
+  }
+
+  private async retry(replica: Replica): Promise<void> {
+    if (this.stopped || replica.state !== 'down') return;
+    const device = this.pool?.device(replica.device.id);
+    if (device === undefined || device.status.state !== 'ready') {
+      this.scheduleRetry(replica);
+      return;
+    }
+    // Only worth loading if it would serve: above the device serving now.
+    const serving = this.replicas.findIndex((r) => r.state === 'up');
+    const index = this.replicas.indexOf(replica);
+    if (serving !== -1 && serving < index) {
+      replica.state = 'idle';
+      return;
+    }
+    // It stays `down` while it is tried, so no request is sent to it half-loaded.
+    try {
+      await this.bringUp(replica);
+      this.dropStandbys();
+    } catch (error) {
+      replica.state = 'down';
+      replica.downReason = `retry failed: ${error instanceof Error ? error.message : String(error)}`;
+      this.scheduleRetry(replica);
+    }
+  }
+
+  /** The pool re-probed: a device gone takes its replica down; one back is retried now. */
+  private deviceChanged(device: DeviceInfo): void {
+    const replica = this.replicas.find((r) => r.device.id === device.id);
+    if (replica === undefined) return;
+    if (device.status.state !== 'ready') {
+      this.markDown(replica, device.status.reason);
+      return;
+    }
+    if (replica.state === 'down') {
+      clearTimeout(replica.retryTimer);
+      void this.retry(replica);
+    }
+  }
+
+  /** Gives up a replica's reservation; its queued requests are rejected with `reason`. */
+  private release(replica: Replica, reason: Error): void {
+    const reservation = this.reservations.get(replica);
+    if (reservation === undefined || this.pool === undefined) return;
+    this.reservations.delete(replica);
+    this.pool.release(reservation, reason);
+  }
+
+  private requireLayout(): BatchLayout {
+    const signature = this.require();
+    this.layout ??= batchLayout(signature.inputs, signature.outputs, this.name, this.options.batching?.symbol);
+    return this.layout;
+  }
+
+  /** Warm-up input for a batch of `rows`: the warm-up feeds stacked, or undefined if they cannot be. */
+  private batchOfZeros(rows: number): Feeds | undefined {
+    if (this.signature === undefined || this.options.batching === undefined || rows > this.options.batching.maxBatch) return undefined;
+    try {
+      const one = warmupFeedsFor(this.signature.inputs, this.options.warmupFeeds ?? {});
+      return stack(Array.from({ length: rows }, () => one), this.requireLayout()).feeds;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private get priority(): number {
+    return this.options.priority ?? 1;
   }
 
   private get name(): string {
@@ -189,32 +562,40 @@ export class InferenceService {
     return path.basename(typeof this.modelRef === 'string' ? this.modelRef : this.modelRef.path);
   }
 
-  private require(): LoadedModel {
-    if (this.loaded === undefined) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
-    return this.loaded;
+  private require(): { inputs: readonly TensorSpec[]; outputs: readonly TensorSpec[] } {
+    if (this.signature === undefined || this.stopped) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
+    return this.signature;
+  }
+
+  /** The replica new requests go to: the best one up, else the best candidate. */
+  private current(): Replica {
+    this.require();
+    const replica = this.replicas.find((r) => r.state === 'up') ?? this.replicas[0];
+    if (replica === undefined) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
+    return replica;
+  }
+
+  private currentModel(): NonNullable<Replica['loaded']> {
+    const model = this.current().loaded;
+    if (model === undefined) throw new DeviceUnavailableError('EAI_SERVICE_NO_DEVICE', `no device serves ${this.name} now`, 'wait for the service to fail over or its device to recover');
+    return model;
   }
 }
 
-/**
- * Runs the model a few times on `given` inputs (zeros for the rest) and returns the median of the
- * last runs, ms; undefined when the model refuses generated inputs (a dynamic dimension that
- * cannot be 1), which only means there is no measurement until real requests arrive.
- */
-async function warmUp(model: LoadedModel, given: Feeds): Promise<number | undefined> {
+/** One request's worth of warm-up input: what was given, zeros (dynamic dimensions as 1) for the rest. */
+function warmupFeedsFor(specs: readonly TensorSpec[], given: Feeds): Feeds {
   const feeds: Record<string, Tensor> = {};
-  for (const spec of model.inputs) feeds[spec.name] = given[spec.name] ?? Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
-  const times: number[] = [];
-  try {
-    for (let i = 0; i < WARMUP_RUNS; i++) {
-      const t0 = performance.now();
-      await model.run(feeds);
-      times.push(performance.now() - t0);
-    }
-  } catch {
-    return undefined;
-  }
-  const settled = times.slice(2).sort((a, b) => a - b);
-  return settled[Math.floor(settled.length / 2)];
+  for (const spec of specs) feeds[spec.name] = given[spec.name] ?? Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
+  return feeds;
+}
+
+/** `promise`, or `timeout()` thrown after `ms`; the timer is cleared either way. */
+function withTimeout<T>(promise: Promise<T>, ms: number, timeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expiry = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(timeout()), ms);
+  });
+  return Promise.race([promise, expiry]).finally(() => clearTimeout(timer));
 }
 
 /** Bytes of weights on disk: the file, or every file of a model folder (TF.js shards). */

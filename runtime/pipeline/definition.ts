@@ -1,4 +1,5 @@
 import type { Static, TSchema } from '@sinclair/typebox';
+import type { TaskScheduling } from './node-stats.js';
 import type { PortType } from './port-types.js';
 
 /**
@@ -24,7 +25,15 @@ export interface Envelope<T = unknown> {
 export interface NodeContext<P> {
   /** The node's name in the pipeline file. */
   readonly name: string;
+  /** The pipeline's name (its file's `name`): nodes sharing devices across pipelines report under `pipeline/node`. */
+  readonly pipeline: string;
   readonly params: P;
+  /**
+   * The node's policies from the pipeline file: its scheduling `priority` on shared devices (the
+   * node's own, else the pipeline's, else 1) and its `deadlineMs` (age since the source received a
+   * message after which the message is skipped), for nodes that hand work to a device.
+   */
+  readonly policy: { readonly priority: number; readonly deadlineMs?: number };
   /** Folder of the pipeline file: relative paths in params resolve against it. */
   readonly baseDir: string;
   /** Aborted when the pipeline stops; sources return, long operations give up. */
@@ -104,6 +113,8 @@ export interface NodeDefinition<S extends TSchema = TSchema, State = unknown> {
   /** Stages and sinks: handle one message that arrived on `port`. */
   process?(port: string, message: Envelope, ctx: NodeContext<Static<S>>, state: State): void | Promise<void>;
   stop?(ctx: NodeContext<Static<S>>, state: State): Promise<void>;
+  /** Figures beyond the executor's counters, added to the node's stats (`infer`: its device share). */
+  stats?(state: State): { readonly scheduling?: TaskScheduling };
 }
 
 /** Declares a node kind with its parameter schema typed through (the sketch in STYLE.md). */

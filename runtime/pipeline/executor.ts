@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { BoundedQueue } from './bounded-queue.js';
-import type { Envelope, NodeContext, PipelineServices } from './definition.js';
+import type { Envelope, NodeContext, NodeDefinition, PipelineServices } from './definition.js';
 import type { Edge, GraphNode, PipelineGraph } from './graph.js';
 import { NodeStats, type NodeStatsSnapshot } from './node-stats.js';
 
@@ -124,14 +124,25 @@ export class Executor extends EventEmitter {
   }
 
   stats(): NodeStatsSnapshot[] {
-    return [...this.nodes.values()].map((r) => r.stats.snapshot(r.inboxes.reduce((n, i) => n + i.queue.length, 0)));
+    return [...this.nodes.values()].map((r) => {
+      const snapshot = r.stats.snapshot(r.inboxes.reduce((n, i) => n + i.queue.length, 0));
+      let extra: ReturnType<NonNullable<NodeDefinition['stats']>> | undefined;
+      try {
+        extra = r.state === undefined ? undefined : r.node.definition.stats?.(r.state);
+      } catch {
+        extra = undefined; // a node's own figures never break the pipeline's report
+      }
+      return extra?.scheduling === undefined ? snapshot : { ...snapshot, scheduling: extra.scheduling };
+    });
   }
 
   private contextFor(running: RunningNode): NodeContext<unknown> {
     const outgoing = this.graph.edges.filter((e) => e.from.node === running.node.name);
     return {
       name: running.node.name,
+      pipeline: this.graph.name,
       params: running.node.params,
+      policy: { priority: running.node.priority, ...(running.node.deadlineMs === undefined ? {} : { deadlineMs: running.node.deadlineMs }) },
       baseDir: this.graph.baseDir,
       signal: this.abort.signal,
       services: this.options.services,

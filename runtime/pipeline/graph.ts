@@ -81,7 +81,7 @@ export async function buildGraph(parsed: ParsedPipeline, kinds: NodeKinds): Prom
     }
     if (paramIssues.length > 0) continue;
     const deadlineMs = entry.deadline === undefined ? undefined : parseDuration(entry.deadline);
-    nodes.set(name, { name, section, definition, params, queue: { ...DEFAULT_QUEUE, ...entry.queue }, deadlineMs, priority: entry.priority ?? 0 });
+    nodes.set(name, { name, section, definition, params, queue: { ...DEFAULT_QUEUE, ...entry.queue }, deadlineMs, priority: entry.priority ?? config.priority ?? 1 });
   }
 
   // Flows.

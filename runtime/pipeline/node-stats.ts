@@ -17,6 +17,32 @@ export interface NodeStatsSnapshot {
   readonly latencyMs: LatencySummary;
   /** Time spent inside this node's process(), ms. */
   readonly serviceMs: LatencySummary;
+  /** For nodes that run work on a shared device (`infer`): how the device's scheduler treats it. */
+  readonly scheduling?: TaskScheduling;
+}
+
+/**
+ * One node's place on a shared device (docs/scheduling.md): what the policy entitles it to and
+ * what it received over the scheduler's window, how long its requests queued, how many missed
+ * their deadline, how it was batched, and how often it failed over to another device.
+ */
+export interface TaskScheduling {
+  readonly device: string;
+  readonly priority: number;
+  /** The rate it declared (params.rate), Hz. */
+  readonly rateHz?: number;
+  readonly entitledRateHz: number;
+  readonly receivedRateHz: number;
+  /** Fractions of the device's time. */
+  readonly entitledShare: number;
+  readonly receivedShare: number;
+  readonly queueMs: LatencySummary;
+  /** Requests not run because their deadline passed while queued. */
+  readonly expired: number;
+  /** Requests answered after their deadline. */
+  readonly deadlineMisses: number;
+  readonly failovers: number;
+  readonly batches?: { readonly count: number; readonly meanRows: number };
 }
 
 /** Always-on counters for one node: constant memory, cheap enough for every message. */

@@ -21,7 +21,7 @@ export const NodeEntry = Type.Object(
     params: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: "the node kind's parameters" })),
     queue: Type.Optional(QueuePolicy),
     deadline: Type.Optional(Duration),
-    priority: Type.Optional(Type.Integer({ minimum: 0, maximum: 100, description: 'higher runs first when the CPU is contended' })),
+    priority: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: "this node's weight on shared devices (infer): under contention a device grants runs in proportion to priority (docs/scheduling.md); default: the pipeline's priority" })),
   },
   { additionalProperties: false },
 );
@@ -37,6 +37,7 @@ export const PipelineFile = Type.Object(
     $schema: Type.Optional(Type.String()),
     name: Type.String({ minLength: 1 }),
     description: Type.Optional(Type.String()),
+    priority: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 1, description: "the pipeline's weight on devices it shares with other pipelines: under contention runs are granted in proportion to priority, and admission control checks its declared rates at this priority (docs/scheduling.md)" })),
     sources: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), NodeEntry, { minProperties: 1 }),
     stages: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), NodeEntry)),
     sinks: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), NodeEntry, { minProperties: 1 }),

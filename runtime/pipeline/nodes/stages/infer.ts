@@ -9,6 +9,8 @@ import { InferenceService } from '../../../inference/inference-service.js';
 import { ResourcePool } from '../../../resource-pool.js';
 import { defineNode, PortTypeMismatch, type ConfigProblem } from '../../definition.js';
 import { describe, type PortType } from '../../port-types.js';
+import { parseDuration } from '../../graph.js';
+import { Duration } from '../../schema.js';
 
 const Params = Type.Object(
   {
@@ -23,6 +25,17 @@ const Params = Type.Object(
       }),
     ),
     state: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'recurrent state: output name -> input name it feeds on the next run (zeros at first), e.g. { hn: h, cn: c }' })),
+    rate: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'runs per second this stage expects (Hz). With it the pipeline is refused at start when no listed device can give that rate at its priority (admission control, docs/scheduling.md)' })),
+    batching: Type.Optional(
+      Type.Object(
+        {
+          maxBatch: Type.Integer({ minimum: 2, maximum: 256, description: 'most requests in one run' }),
+          maxDelay: Type.Optional(Duration),
+          symbol: Type.Optional(Type.String({ description: "the model's name for its batch dimension, when several dynamic dimensions qualify" })),
+        },
+        { additionalProperties: false, description: 'run messages that arrive close together as one batch (models with a dynamic batch dimension); maxDelay (default 2ms) is how long the first waits for company' },
+      ),
+    ),
     inFlight: Type.Optional(
       Type.Integer({
         minimum: 1,
@@ -98,7 +111,10 @@ export const inferStage = defineNode({
     const service = new InferenceService(path.resolve(ctx.baseDir, ctx.params.model), {
       hal,
       pool: await sharedPool(),
-      name: ctx.name,
+      name: `${ctx.pipeline}/${ctx.name}`,
+      priority: ctx.policy.priority,
+      ...(ctx.params.rate === undefined ? {} : { rateHz: ctx.params.rate }),
+      ...(ctx.params.batching === undefined ? {} : { batching: { maxBatch: ctx.params.batching.maxBatch, maxDelayMs: ctx.params.batching.maxDelay === undefined ? 2 : parseDuration(ctx.params.batching.maxDelay), ...(ctx.params.batching.symbol === undefined ? {} : { symbol: ctx.params.batching.symbol }) } }),
       ...(ctx.params.devices === undefined ? {} : { devices: ctx.params.devices }),
       ...(ctx.params.threads === undefined ? {} : { threads: ctx.params.threads }),
       ...(ctx.params.engine === undefined ? {} : { engineOptions: ctx.params.engine }),
@@ -114,7 +130,8 @@ export const inferStage = defineNode({
       const spec = service.inputs.find((s) => s.name === input);
       if (spec !== undefined) recurrent[input] = Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
     }
-    const inFlight = ctx.params.inFlight ?? (Object.keys(ctx.params.state ?? {}).length > 0 ? 1 : 2);
+    // With batching, as many runs in flight as a batch holds, so batches can fill.
+    const inFlight = ctx.params.inFlight ?? (Object.keys(ctx.params.state ?? {}).length > 0 ? 1 : Math.max(2, ctx.params.batching?.maxBatch ?? 0));
     return { service, inputName, constants, recurrent, inFlight, running: [] as Promise<unknown>[], tail: Promise.resolve() as Promise<unknown> };
   },
 
@@ -124,7 +141,7 @@ export const inferStage = defineNode({
     if (state.inFlight > 1) {
       // Start this run while earlier ones may still be going (on the model's thread or device),
       // so the device never waits for this thread to hand it the next input.
-      const run = state.service.infer({ ...state.constants, ...given });
+      const run = state.service.infer({ ...state.constants, ...given }, deadlineOf(message, ctx.policy));
       const emitted = state.tail.then(() => run).then((outputs) => ctx.emit('out', outputs, message));
       state.tail = emitted.catch(() => undefined);
       ctx.track(emitted);
@@ -132,7 +149,7 @@ export const inferStage = defineNode({
       if (state.running.length >= state.inFlight) await state.running.shift();
       return;
     }
-    const outputs = await state.service.infer({ ...state.constants, ...state.recurrent, ...given });
+    const outputs = await state.service.infer({ ...state.constants, ...state.recurrent, ...given }, deadlineOf(message, ctx.policy));
     for (const [output, input] of Object.entries(ctx.params.state ?? {})) {
       const next = outputs[output];
       if (next !== undefined) state.recurrent[input] = next;
@@ -143,7 +160,33 @@ export const inferStage = defineNode({
   async stop(_ctx, state) {
     await state?.service.stop();
   },
+
+  stats(state) {
+    if (!state.service.started) return {};
+    const s = state.service.stats();
+    return {
+      scheduling: {
+        device: s.device,
+        priority: s.priority,
+        ...(s.rateHz === undefined ? {} : { rateHz: s.rateHz }),
+        entitledRateHz: s.share?.entitledRateHz ?? 0,
+        receivedRateHz: s.share?.receivedRateHz ?? 0,
+        entitledShare: s.share?.entitledShare ?? 0,
+        receivedShare: s.share?.receivedShare ?? 0,
+        queueMs: s.queueMs,
+        expired: s.expired,
+        deadlineMisses: s.deadlineMisses,
+        failovers: s.failovers,
+        ...(s.batches === undefined ? {} : { batches: { count: s.batches.count, meanRows: s.batches.meanRows } }),
+      },
+    };
+  },
 });
+
+/** The node's deadline, counted from when the source received the message. */
+function deadlineOf(message: { readonly arrivalMs: number }, policy: { readonly deadlineMs?: number }): { deadline?: number } {
+  return policy.deadlineMs === undefined ? {} : { deadline: message.arrivalMs + policy.deadlineMs };
+}
 
 function constantTensor(dtype: 'float32' | 'int32' | 'int64', value: number | number[], spec: TensorSpec | undefined): Tensor {
   const values = Array.isArray(value) ? value : [value];
@@ -153,11 +196,9 @@ function constantTensor(dtype: 'float32' | 'int32' | 'int64', value: number | nu
   return new Tensor('float32', shape, Float32Array.from(values));
 }
 
-let pool: Promise<ResourcePool> | undefined;
 /** One pool per process, so every infer stage's reservations meet. */
 function sharedPool(): Promise<ResourcePool> {
-  pool ??= ResourcePool.discover(createBuiltinHal());
-  return pool;
+  return ResourcePool.shared();
 }
 
 const signatures = new Map<string, Promise<readonly TensorSpec[]>>();

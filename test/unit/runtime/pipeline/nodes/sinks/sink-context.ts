@@ -20,6 +20,8 @@ export async function startSink<S extends TSchema, State>(
   const ctx: NodeContext<Static<S>> = {
     name: options.name ?? 'sink',
     params: resolved as Static<S>,
+    pipeline: 'test',
+    policy: { priority: 1 },
     baseDir: options.baseDir ?? process.cwd(),
     signal: abort.signal,
     emit: () => {

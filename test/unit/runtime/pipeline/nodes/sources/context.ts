@@ -24,6 +24,8 @@ export function sourceContext<S extends TSchema>(
   const ctx: NodeContext<Static<S>> = {
     name: 'cam',
     params: full,
+    pipeline: 'test',
+    policy: { priority: 1 },
     baseDir: options.baseDir,
     signal: options.signal,
     emit(port: string, value: unknown, from: Omit<Envelope, 'value'>) {

@@ -43,6 +43,8 @@ export async function startStage<S extends TSchema, State>(definition: NodeDefin
   const ctx: NodeContext<Static<S>> = {
     name: definition.use,
     params: p,
+    pipeline: 'test',
+    policy: { priority: 1 },
     baseDir: options.baseDir ?? process.cwd(),
     signal: abort.signal,
     services: { callbacks: new Map(), extra: options.extra ?? {} },
