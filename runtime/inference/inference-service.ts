@@ -15,6 +15,7 @@ import type { BatchLayout } from './batching.js';
 import { batchLayout, stack } from './batching.js';
 import { LatencyWindow, type LatencySummary } from './latency-window.js';
 import { Replica, type ReplicaState } from './replica.js';
+import { Watchdog } from './watchdog.js';
 
 export { INLINE_BELOW_MS } from './replica.js';
 
@@ -116,6 +117,9 @@ export interface ServiceStats {
   readonly replicas: readonly ReplicaStats[];
 }
 
+/** Live runs that decide the executor of a model whose warm-up could not be measured. */
+const LIVE_SAMPLES_TO_DECIDE = 16;
+
 /** A device error that moves a request to the next device rather than failing it. */
 class MovedOff extends Error {}
 
@@ -144,6 +148,7 @@ export class InferenceService {
   /** A replica being brought up (failover), shared by the requests that need it. */
   private raising: Promise<Replica | undefined> | undefined;
   private onPoolEvent: ((device: DeviceInfo) => void) | undefined;
+  private readonly watchdog = new Watchdog();
   private readonly window = new LatencyWindow(1024);
   private readonly queueWindow = new LatencyWindow(1024);
   private requests = 0;
@@ -260,7 +265,9 @@ export class InferenceService {
     const t0 = performance.now();
     this.requests++;
     try {
-      checkFeeds(signature.inputs, inputs, this.name);
+      // Without batching the engine checks the inputs itself (a bad one is not a device fault, so
+      // it is not retried elsewhere); a batch must not be spoilt by one bad request, so check first.
+      if (this.batcher !== undefined) checkFeeds(signature.inputs, inputs, this.name);
       const after = options.deadlineMs ?? this.options.deadlineMs;
       const deadline = options.deadline ?? (after === undefined ? undefined : t0 + after);
       const outputs = this.batcher !== undefined ? await this.batcher.submit(inputs, deadline === undefined ? {} : { deadline }) : await this.dispatch(inputs, 1, deadline);
@@ -285,6 +292,7 @@ export class InferenceService {
       this.pool.off('found', this.onPoolEvent);
     }
     this.onPoolEvent = undefined;
+    this.watchdog.stop();
     for (const replica of this.replicas) {
       clearTimeout(replica.retryTimer);
       this.release(replica, new ServiceError('EAI_SERVICE_STOPPED', `${this.name} was stopped before this request ran.`));
@@ -371,8 +379,9 @@ export class InferenceService {
       run: async () => {
         const t0 = performance.now();
         this.queueWindow.add(t0 - queued);
-        const result = await withTimeout(model.run(feeds), timeoutMs, () => new DeviceUnavailableError('EAI_DEVICE_TIMEOUT', `${replica.device.id} did not finish a run of ${this.name} within ${timeoutMs} ms`, 'check the device (aios devices --watch); the service moved the request to the next device'));
+        const result = await this.watchdog.watch(model.run(feeds), timeoutMs, () => new DeviceUnavailableError('EAI_DEVICE_TIMEOUT', `${replica.device.id} did not finish a run of ${this.name} within ${timeoutMs} ms`, 'check the device (aios devices --watch); the service moved the request to the next device'));
         replica.cost.observe(rows, performance.now() - t0);
+        if (replica.executorUndecided && (replica.cost.snapshot()[1]?.samples ?? 0) >= LIVE_SAMPLES_TO_DECIDE) void replica.decideExecutor().catch(() => undefined);
         return result;
       },
     });
@@ -587,15 +596,6 @@ function warmupFeedsFor(specs: readonly TensorSpec[], given: Feeds): Feeds {
   const feeds: Record<string, Tensor> = {};
   for (const spec of specs) feeds[spec.name] = given[spec.name] ?? Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
   return feeds;
-}
-
-/** `promise`, or `timeout()` thrown after `ms`; the timer is cleared either way. */
-function withTimeout<T>(promise: Promise<T>, ms: number, timeout: () => Error): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const expiry = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(timeout()), ms);
-  });
-  return Promise.race([promise, expiry]).finally(() => clearTimeout(timer));
 }
 
 /** Bytes of weights on disk: the file, or every file of a model folder (TF.js shards). */

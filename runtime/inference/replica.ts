@@ -48,6 +48,12 @@ export class Replica {
   retryTimer: NodeJS.Timeout | undefined;
   /** Median warm-up run at batch 1, ms. */
   warmupMs: number | undefined;
+  /**
+   * Under `executor: 'auto'`, a model whose warm-up could not be measured starts on its own
+   * thread and is judged on its first live runs instead; set until then.
+   */
+  executorUndecided = false;
+  private loadArgs: { model: ModelSource; options: ReplicaLoadOptions } | undefined;
 
   constructor(placement: Placement, initialRetryMs: number) {
     this.device = placement.device;
@@ -57,6 +63,7 @@ export class Replica {
 
   /** Loads the model, measures it, and picks its executor. Leaves `loaded` set only on success. */
   async load(model: ModelSource, options: ReplicaLoadOptions): Promise<LoadedModel> {
+    this.loadArgs = { model, options };
     const load = (executor: 'inline' | 'thread'): Promise<LoadedModel> => this.engine.load(model, this.device, { ...options.load, executor });
     let loaded = await load(options.executor === 'inline' ? 'inline' : 'thread');
     try {
@@ -70,6 +77,7 @@ export class Replica {
         this.cost.observe(1, warm);
       }
       this.warmupMs = warm;
+      this.executorUndecided = options.executor === 'auto' && loaded.executor === 'thread' && warm === undefined;
       const rows = options.warmupBatch === undefined ? undefined : largestBatch(options.warmupBatch);
       if (rows !== undefined) await warmUp(loaded, rows.feeds, this.cost, rows.rows);
     } catch (error) {
@@ -78,6 +86,27 @@ export class Replica {
     }
     this.loaded = loaded;
     return loaded;
+  }
+
+  /**
+   * After live runs: moves a model judged small (runs under {@link INLINE_BELOW_MS}) onto the
+   * caller's thread. The inline copy is loaded first and swapped in; runs already sent to the
+   * thread finish there before it is released. Called at most once per load.
+   */
+  async decideExecutor(): Promise<void> {
+    if (!this.executorUndecided || this.loadArgs === undefined) return;
+    this.executorUndecided = false;
+    const ms = this.cost.estimateMs(1);
+    if (ms === undefined || ms >= INLINE_BELOW_MS) return;
+    const { model, options } = this.loadArgs;
+    const inline = await this.engine.load(model, this.device, { ...options.load, executor: 'inline' });
+    const old = this.loaded;
+    if (old === undefined || this.state !== 'up') {
+      await inline.dispose();
+      return;
+    }
+    this.loaded = inline;
+    await old.dispose();
   }
 
   /** Unloads, giving a hung engine `graceMs` before moving on (its thread or process is ended). */

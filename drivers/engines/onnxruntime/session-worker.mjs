@@ -26,14 +26,26 @@ try {
   process.exit(0);
 }
 
+let running = 0;
+let releasing = false;
+
+// Release only once the runs already sent have answered: they were accepted, so they finish.
+async function releaseWhenIdle() {
+  if (!releasing || running > 0) return;
+  releasing = false;
+  await session.release();
+  parentPort.postMessage({ op: 'released' });
+  parentPort.close();
+}
+
 parentPort.on('message', async (message) => {
   if (message.op === 'release') {
-    await session.release();
-    parentPort.postMessage({ op: 'released' });
-    parentPort.close();
+    releasing = true;
+    await releaseWhenIdle();
     return;
   }
   const { id, feeds } = message;
+  running++;
   try {
     const ortFeeds = {};
     for (const [name, f] of Object.entries(feeds)) {
@@ -60,5 +72,8 @@ parentPort.on('message', async (message) => {
     }
   } catch (error) {
     parentPort.postMessage({ op: 'error', id, message: error instanceof Error ? error.message : String(error) });
+  } finally {
+    running--;
+    await releaseWhenIdle();
   }
 });
