@@ -9,7 +9,7 @@ NODE_BIN := node_modules/.bin
 # builds the stand-in Edge TPU delegate; libxrt1 is Xilinx's runtime, loaded for real (no card);
 # Mosquitto is the broker the MQTT sink publishes to; ffmpeg decodes video and audio sources;
 # gpsd (gpsfake) replays a real NMEA log to the GNSS source; can-utils for SocketCAN.
-APT_PACKAGES := ffmpeg python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1 mosquitto mosquitto-clients gpsd gpsd-clients can-utils
+APT_PACKAGES := ffmpeg python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1 mosquitto mosquitto-clients gpsd gpsd-clients can-utils protobuf-compiler
 
 .PHONY: all setup apt build run test bench lint clean
 
@@ -33,9 +33,11 @@ apt:
 	fi
 
 build: node_modules/.installed
+	node scripts/gen-proto.mjs
 	$(NODE_BIN)/tsc -p tsconfig.json
 	@cp drivers/engines/xrt/child.mjs dist/drivers/engines/xrt/child.mjs
 	@cp drivers/engines/onnxruntime/session-worker.mjs dist/drivers/engines/onnxruntime/session-worker.mjs
+	@mkdir -p dist/deploy/proto/gen && cp deploy/proto/gen/aios.js dist/deploy/proto/gen/aios.js
 	@chmod +x dist/deploy/cli/main.js
 
 # The main demo: what this machine has, a real face detector on a real photo and a photo without
@@ -50,16 +52,26 @@ run: setup build
 	node dist/deploy/cli/main.js run examples/pipelines/face-detection.yaml --for 4s --stats
 
 test: setup
+	node scripts/gen-proto.mjs
 	$(NODE_BIN)/tsc -p tsconfig.test.json
 	node scripts/check-layers.mjs
 	$(NODE_BIN)/vitest run
 
+# Every benchmark, each printing its ratio against a baseline measured in the same run
+# (docs/performance.md has the numbers). The overload bench alone runs for 2¼ minutes.
 bench: build
 	node dist/bench/inference-overhead.js
 	node dist/bench/engines.js
 	node dist/bench/pipeline-hops.js
+	node dist/bench/pipeline-throughput.js
+	node dist/bench/frame-transport.js
+	node dist/bench/scheduler.js
+	node dist/bench/batching.js
+	node dist/bench/failover.js
+	node dist/bench/pipeline-overload.js
 
 lint: node_modules/.installed
+	node scripts/gen-proto.mjs
 	$(NODE_BIN)/tsc -p tsconfig.test.json
 	node scripts/check-layers.mjs
 

@@ -5,6 +5,7 @@ import { inferCommand } from './commands/infer.js';
 import { powerCommand } from './commands/power.js';
 import { runCommand } from './commands/run.js';
 import { schemaCommand } from './commands/schema.js';
+import { serveCommand } from './commands/serve.js';
 import { validateCommand } from './commands/validate.js';
 import { VERSION } from '../../runtime/version.js';
 
@@ -20,7 +21,7 @@ export function buildProgram(): Command {
     .option('--debug', 'print stack traces and native errors in full')
     .showHelpAfterError('(run with --help for usage)')
     .configureHelp({ sortSubcommands: true });
-  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand()]) {
+  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand(), serveCommand()]) {
     // Commander's own parse errors (unknown option, missing argument) get the same
     // `error CODE: message` shape as ours, and help goes to stdout.
     command.exitOverride().configureOutput({ outputError: (text, write) => write(`error EAI_CLI_USAGE: ${text.replace(/^error: /u, '')}`) });

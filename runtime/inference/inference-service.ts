@@ -14,6 +14,8 @@ import { Batcher } from './batcher.js';
 import type { BatchLayout } from './batching.js';
 import { batchLayout, stack } from './batching.js';
 import { LatencyWindow, type LatencySummary } from './latency-window.js';
+import { PeerReplica } from './peer-replica.js';
+import { PeerError, type PeerSignature, type PeerTarget, type PeerTransport } from './peers.js';
 import { Replica, type ReplicaState } from './replica.js';
 import { Watchdog } from './watchdog.js';
 
@@ -61,6 +63,14 @@ export interface InferenceServiceOptions {
   readonly timeoutMs?: number;
   /** Retry of a failed device: first delay and ceiling, ms (doubling). Default 500 ms → 30 s. */
   readonly retry?: { readonly initialMs?: number; readonly maxMs?: number };
+  /**
+   * Remote candidates: peers or an edge server reached through the fleet's transport. Name each in
+   * `devices` as `peer:<target>` where it belongs in the preference (`['peer:edge', 'cpu']`:
+   * offload to the edge server, run locally when it does not answer); targets not named there
+   * come after the local devices. When a peer comes first, the best local device is loaded too,
+   * as a warm standby, so failing over to local execution costs no load.
+   */
+  readonly peers?: { readonly transport: PeerTransport; readonly targets: readonly PeerTarget[]; readonly signature?: PeerSignature };
 }
 
 /** Per-request options. */
@@ -117,6 +127,9 @@ export interface ServiceStats {
   readonly replicas: readonly ReplicaStats[];
 }
 
+/** A place a service can run its model: a local device, or a peer. */
+type Candidate = Replica | PeerReplica;
+
 /** Live runs that decide the executor of a model whose warm-up could not be measured. */
 const LIVE_SAMPLES_TO_DECIDE = 16;
 
@@ -139,14 +152,14 @@ export class InferenceService {
   private readonly options: InferenceServiceOptions;
   private model: ModelSource | undefined;
   private pool: ResourcePool | undefined;
-  private replicas: Replica[] = [];
+  private replicas: Candidate[] = [];
   /** Reservation (and so scheduler task) per replica that is up. */
-  private readonly reservations = new Map<Replica, Reservation>();
+  private readonly reservations = new Map<Candidate, Reservation>();
   private signature: { inputs: readonly TensorSpec[]; outputs: readonly TensorSpec[] } | undefined;
   private batcher: Batcher | undefined;
   private layout: BatchLayout | undefined;
   /** A replica being brought up (failover), shared by the requests that need it. */
-  private raising: Promise<Replica | undefined> | undefined;
+  private raising: Promise<Candidate | undefined> | undefined;
   private onPoolEvent: ((device: DeviceInfo) => void) | undefined;
   private readonly watchdog = new Watchdog();
   private readonly window = new LatencyWindow(1024);
@@ -167,13 +180,23 @@ export class InferenceService {
     return this.signature !== undefined && !this.stopped;
   }
 
-  /** The device new requests go to now. */
+  /** The local device new requests go to now (the standby's, while a peer serves). */
   get device(): DeviceInfo {
-    return this.current().device;
+    const current = this.current();
+    if (current instanceof Replica) return current.device;
+    const local = this.replicas.find((r): r is Replica => r instanceof Replica && r.state === 'up') ?? this.replicas.find((r): r is Replica => r instanceof Replica);
+    if (local === undefined) throw new ServiceError('EAI_SERVICE_REMOTE_ONLY', `${this.name} runs on peers only (${this.current().id}); it has no local device.`);
+    return local.device;
+  }
+
+  /** Where new requests go now: a device id, or `peer:<target>`. */
+  get target(): string {
+    return this.current().id;
   }
 
   get engine(): string {
-    return this.current().engine.name;
+    const current = this.current();
+    return current instanceof Replica ? current.engine.name : 'peer';
   }
 
   /** What executes underneath: the execution provider or tfjs backend. */
@@ -212,10 +235,15 @@ export class InferenceService {
     const hal = this.options.hal ?? createBuiltinHal();
     this.pool = this.options.pool ?? (await ResourcePool.discover(hal));
     const preference = this.options.devices ?? [];
-    const { placements } = await hal.placements(model, this.pool.devices, preference);
+    const local = preference.filter((d) => !d.startsWith('peer:'));
+    const { placements } = await hal.placements(model, this.pool.devices, local);
+    const peerTargets = this.options.peers?.targets ?? [];
     // No candidate at all: place() builds the error that lists every refusal.
-    if (placements.length === 0) await hal.place(model, this.pool.devices, preference);
-    this.replicas = placements.map((p: Placement) => new Replica(p, this.options.retry?.initialMs ?? 500));
+    if (placements.length === 0 && peerTargets.length === 0) await hal.place(model, this.pool.devices, local);
+    this.replicas = this.candidates(placements, preference, model);
+    // Peers have nothing to load: each is up until a request to it fails.
+    for (const r of this.replicas) if (r instanceof PeerReplica) await this.bringUp(r);
+    if (this.replicas[0] instanceof PeerReplica) await this.prepareStandby();
     const refusals: Error[] = [];
     for (const replica of this.replicas) {
       try {
@@ -254,6 +282,46 @@ export class InferenceService {
     this.pool.on('lost', this.onPoolEvent);
     this.pool.on('changed', this.onPoolEvent);
     this.pool.on('found', this.onPoolEvent);
+  }
+
+  /** Local placements and peer targets in the order of the preference list. */
+  private candidates(placements: readonly Placement[], preference: DevicePreference, model: ModelSource): Candidate[] {
+    const retryMs = this.options.retry?.initialMs ?? 500;
+    const peers = (this.options.peers?.targets ?? []).map((t) => new PeerReplica(this.options.peers?.transport as PeerTransport, t, t.model ?? path.basename(model.path), retryMs));
+    const locals = placements.map((p) => new Replica(p, retryMs));
+    if (preference.length === 0) return [...locals, ...peers];
+    const out: Candidate[] = [];
+    for (const entry of preference) {
+      if (entry.startsWith('peer:')) {
+        const peer = peers.find((p) => p.id === entry);
+        if (peer === undefined) throw new ServiceError('EAI_SERVICE_BAD_PEER', `${this.name}: '${entry}' in devices names no peer target; targets: ${peers.map((p) => p.id).join(', ') || 'none (pass peers: { transport, targets })'}.`);
+        if (!out.includes(peer)) out.push(peer);
+        continue;
+      }
+      for (const r of locals) if (!out.includes(r) && (r.device.kind === entry || r.device.id === entry)) out.push(r);
+    }
+    for (const p of peers) if (!out.includes(p)) out.push(p);
+    return out;
+  }
+
+  /**
+   * A peer-first service still needs the model's signature (to check inputs, to batch) and
+   * somewhere to fail over to: the best local candidate is loaded now as the standby. With no
+   * local candidate the signature must be given (`peers.signature`).
+   */
+  private async prepareStandby(): Promise<void> {
+    const local = this.replicas.find((r): r is Replica => r instanceof Replica);
+    if (local !== undefined) {
+      try {
+        await this.bringUp(local);
+        return;
+      } catch {
+        local.state = 'idle';
+      }
+    }
+    const given = this.options.peers?.signature;
+    if (given === undefined) throw new ServiceError('EAI_SERVICE_BAD_PEER', `${this.name} runs on peers only and no local device could load it to learn its inputs; pass peers.signature ({ inputs, outputs }).`);
+    this.signature = { inputs: given.inputs, outputs: given.outputs };
   }
 
   /**
@@ -297,21 +365,21 @@ export class InferenceService {
       clearTimeout(replica.retryTimer);
       this.release(replica, new ServiceError('EAI_SERVICE_STOPPED', `${this.name} was stopped before this request ran.`));
       replica.state = 'stopped';
-      await replica.unload();
+      if (replica instanceof Replica) await replica.unload();
     }
   }
 
   stats(): ServiceStats {
     const replica = this.current();
-    const model = replica.loaded;
+    const model = replica instanceof Replica ? replica.loaded : undefined;
     const batches = this.batcher?.stats();
     const task = this.reservations.get(replica)?.task;
-    const share = task === undefined ? undefined : this.pool?.shares(replica.device.id).find((s) => s.task === task);
+    const share = task === undefined ? undefined : this.pool?.shares(replica.id).find((s) => s.task === task);
     return {
       name: this.name,
-      device: replica.device.id,
-      engine: replica.engine.name,
-      backend: model?.backend ?? 'none',
+      device: replica.id,
+      engine: replica instanceof Replica ? replica.engine.name : 'peer',
+      backend: model?.backend ?? (replica instanceof PeerReplica ? 'remote' : 'none'),
       executor: model?.executor ?? 'engine',
       ...(replica.warmupMs === undefined ? {} : { warmupMs: replica.warmupMs }),
       priority: this.priority,
@@ -326,10 +394,10 @@ export class InferenceService {
       ...(batches === undefined ? {} : { batches: { count: batches.batches, meanRows: batches.meanBatch, sizes: batches.sizes } }),
       ...(share === undefined ? {} : { share: { entitledRateHz: share.entitledRateHz, receivedRateHz: share.receivedRateHz, entitledShare: share.entitledShare, receivedShare: share.receivedShare } }),
       replicas: this.replicas.map((r) => ({
-        device: r.device.id,
-        engine: r.engine.name,
+        device: r.id,
+        engine: r instanceof Replica ? r.engine.name : 'peer',
         state: r.state,
-        ...(r.loaded === undefined ? {} : { backend: r.loaded.backend, executor: r.loaded.executor ?? 'engine' }),
+        ...(r instanceof Replica && r.loaded !== undefined ? { backend: r.loaded.backend, executor: r.loaded.executor ?? 'engine' } : {}),
         ...(r.downReason === undefined ? {} : { reason: r.downReason }),
         costMs: Object.fromEntries(Object.entries(r.cost.snapshot()).map(([rows, c]) => [rows, Number(c.ms.toFixed(3))])),
       })),
@@ -347,13 +415,13 @@ export class InferenceService {
    * fault moves it to the next, until one answers or every candidate has failed it.
    */
   private async dispatch(feeds: Feeds, rows: number, deadline: number | undefined): Promise<Outputs> {
-    const failedOn = new Set<Replica>();
+    const failedOn = new Set<Candidate>();
     let lastFault: Error | undefined;
     for (;;) {
       if (this.stopped) throw new ServiceError('EAI_SERVICE_STOPPED', `${this.name} was stopped before this request ran.`);
       const replica = this.replicas.find((r) => r.state === 'up' && !failedOn.has(r)) ?? (await this.failOver(failedOn));
       if (replica === undefined) {
-        throw new DeviceUnavailableError('EAI_SERVICE_NO_DEVICE', `no device can run ${this.name} now${lastFault === undefined ? '' : ` (last failure: ${lastFault.message})`}; down: ${this.replicas.filter((r) => r.state === 'down').map((r) => `${r.device.id} (${r.downReason ?? 'failed'})`).join(', ') || 'none'}`, 'check the devices with `aios devices`; the service retries failed devices with backoff and resumes by itself', { ...(lastFault === undefined ? {} : { cause: lastFault }), details: { service: this.name } });
+        throw new DeviceUnavailableError('EAI_SERVICE_NO_DEVICE', `no device can run ${this.name} now${lastFault === undefined ? '' : ` (last failure: ${lastFault.message})`}; down: ${this.replicas.filter((r) => r.state === 'down').map((r) => `${r.id} (${r.downReason ?? 'failed'})`).join(', ') || 'none'}`, 'check the devices with `aios devices`; the service retries failed devices with backoff and resumes by itself', { ...(lastFault === undefined ? {} : { cause: lastFault }), details: { service: this.name } });
       }
       try {
         return await this.runOn(replica, feeds, rows, deadline);
@@ -367,7 +435,8 @@ export class InferenceService {
     }
   }
 
-  private async runOn(replica: Replica, feeds: Feeds, rows: number, deadline: number | undefined): Promise<Outputs> {
+  private async runOn(replica: Candidate, feeds: Feeds, rows: number, deadline: number | undefined): Promise<Outputs> {
+    if (replica instanceof PeerReplica) return this.runOnPeer(replica, feeds, rows, deadline);
     const reservation = this.reservations.get(replica);
     const model = replica.loaded;
     if (reservation === undefined || model === undefined || this.pool === undefined) throw new MovedOff();
@@ -389,9 +458,24 @@ export class InferenceService {
     return outputs;
   }
 
+  private async runOnPeer(peer: PeerReplica, feeds: Feeds, rows: number, deadline: number | undefined): Promise<Outputs> {
+    const now = performance.now();
+    if (deadline !== undefined && deadline <= now) throw new DeadlineError('EAI_DEADLINE_EXPIRED', `a request to ${this.name} reached its deadline before it could be sent to ${peer.id}.`, { details: { target: peer.id } });
+    const t0 = performance.now();
+    const reply = await peer.transport.request(peer.target.target, {
+      model: peer.model,
+      feeds,
+      timeoutMs: peer.timeoutMs,
+      ...(deadline === undefined ? {} : { deadlineUnixMs: Date.now() + (deadline - now) }),
+    });
+    peer.cost.observe(rows, performance.now() - t0);
+    peer.failures = 0;
+    return reply.outputs;
+  }
+
   /** Device trouble (moves the request on) rather than a problem with the request itself. */
   private isFault(error: unknown): boolean {
-    if (error instanceof DeviceUnavailableError) return true;
+    if (error instanceof DeviceUnavailableError || error instanceof PeerError) return true;
     return error instanceof ModelError && error.code === 'EAI_MODEL_RUN_FAILED';
   }
 
@@ -399,26 +483,27 @@ export class InferenceService {
    * Counts a failure against a replica. A device that is gone, hung or crashed is down at once;
    * a run that merely failed marks it down after three in a row (one bad run may be the input's).
    */
-  private fault(replica: Replica, error: Error): void {
+  private fault(replica: Candidate, error: Error): void {
     replica.failures++;
     if (replica.state !== 'up') return;
-    if (error instanceof DeviceUnavailableError || replica.failures >= 3) this.markDown(replica, error.message);
+    const gone = error instanceof DeviceUnavailableError || (error instanceof PeerError && (error.code === 'EAI_PEER_TIMEOUT' || error.code === 'EAI_PEER_UNREACHABLE'));
+    if (gone || replica.failures >= 3) this.markDown(replica, error.message);
   }
 
-  private markDown(replica: Replica, reason: string): void {
+  private markDown(replica: Candidate, reason: string): void {
     if (replica.state !== 'up') return;
     replica.state = 'down';
     replica.downReason = reason;
     this.failovers++;
     // Requests still queued for it go back to dispatch, which finds them another device.
     this.release(replica, new MovedOff());
-    void replica.unload();
+    if (replica instanceof Replica) void replica.unload();
     this.scheduleRetry(replica);
   }
 
   /** Brings up the next candidate not yet failed for this run; one attempt shared by every waiting request. */
-  private failOver(failedOn: ReadonlySet<Replica>): Promise<Replica | undefined> {
-    this.raising ??= (async (): Promise<Replica | undefined> => {
+  private failOver(failedOn: ReadonlySet<Candidate>): Promise<Candidate | undefined> {
+    this.raising ??= (async (): Promise<Candidate | undefined> => {
       try {
         for (const replica of this.replicas) {
           if (replica.state !== 'idle' || failedOn.has(replica)) continue;
@@ -440,11 +525,18 @@ export class InferenceService {
   }
 
   /** Reserves, admits, loads and measures the model on one replica's device. */
-  private async bringUp(replica: Replica): Promise<void> {
+  private async bringUp(replica: Candidate): Promise<void> {
+    if (replica instanceof PeerReplica) {
+      // Nothing to load: the next request is its test.
+      replica.state = 'up';
+      replica.downReason = undefined;
+      replica.failures = 0;
+      return;
+    }
     const pool = this.pool;
     const model = this.model;
     if (pool === undefined || model === undefined) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
-    const reservation = pool.reserve(replica.device.id, {
+    const reservation = pool.reserve(replica.id, {
       owner: this.name,
       memoryBytes: await weightBytes(model.path),
       priority: this.priority,
@@ -481,15 +573,17 @@ export class InferenceService {
   /** Once a better device serves again, the ones below it that took over are unloaded, freeing their memory. */
   private dropStandbys(): void {
     const best = this.replicas.findIndex((r) => r.state === 'up');
+    // A peer serving keeps the local standby loaded: failing over to local must be instant.
+    if (this.replicas[best] instanceof PeerReplica) return;
     this.replicas.forEach((replica, i) => {
       if (i <= best || replica.state !== 'up') return;
       replica.state = 'idle';
       this.release(replica, new MovedOff());
-      void replica.unload();
+      if (replica instanceof Replica) void replica.unload();
     });
   }
 
-  private scheduleRetry(replica: Replica): void {
+  private scheduleRetry(replica: Candidate): void {
     if (this.stopped) return;
     clearTimeout(replica.retryTimer);
     const delay = replica.retryDelayMs;
@@ -498,10 +592,10 @@ export class InferenceService {
     replica.retryTimer.unref();
   }
 
-  private async retry(replica: Replica): Promise<void> {
+  private async retry(replica: Candidate): Promise<void> {
     if (this.stopped || replica.state !== 'down') return;
-    const device = this.pool?.device(replica.device.id);
-    if (device === undefined || device.status.state !== 'ready') {
+    const device = replica instanceof Replica ? this.pool?.device(replica.id) : undefined;
+    if (replica instanceof Replica && (device === undefined || device.status.state !== 'ready')) {
       this.scheduleRetry(replica);
       return;
     }
@@ -525,7 +619,7 @@ export class InferenceService {
 
   /** The pool re-probed: a device gone takes its replica down; one back is retried now. */
   private deviceChanged(device: DeviceInfo): void {
-    const replica = this.replicas.find((r) => r.device.id === device.id);
+    const replica = this.replicas.find((r) => r instanceof Replica && r.id === device.id);
     if (replica === undefined) return;
     if (device.status.state !== 'ready') {
       this.markDown(replica, device.status.reason);
@@ -538,7 +632,7 @@ export class InferenceService {
   }
 
   /** Gives up a replica's reservation; its queued requests are rejected with `reason`. */
-  private release(replica: Replica, reason: Error): void {
+  private release(replica: Candidate, reason: Error): void {
     const reservation = this.reservations.get(replica);
     if (reservation === undefined || this.pool === undefined) return;
     this.reservations.delete(replica);
@@ -576,8 +670,8 @@ export class InferenceService {
     return this.signature;
   }
 
-  /** The replica new requests go to: the best one up, else the best candidate. */
-  private current(): Replica {
+  /** The candidate new requests go to: the best one up, else the best candidate. */
+  private current(): Candidate {
     this.require();
     const replica = this.replicas.find((r) => r.state === 'up') ?? this.replicas[0];
     if (replica === undefined) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
@@ -585,7 +679,9 @@ export class InferenceService {
   }
 
   private currentModel(): NonNullable<Replica['loaded']> {
-    const model = this.current().loaded;
+    const current = this.current();
+    const local = current instanceof Replica ? current : this.replicas.find((r): r is Replica => r instanceof Replica && r.loaded !== undefined);
+    const model = local?.loaded;
     if (model === undefined) throw new DeviceUnavailableError('EAI_SERVICE_NO_DEVICE', `no device serves ${this.name} now`, 'wait for the service to fail over or its device to recover');
     return model;
   }

@@ -61,6 +61,11 @@ export class Replica {
     this.retryDelayMs = initialRetryMs;
   }
 
+  /** The device id: how stats and errors name this candidate. */
+  get id(): string {
+    return this.device.id;
+  }
+
   /** Loads the model, measures it, and picks its executor. Leaves `loaded` set only on success. */
   async load(model: ModelSource, options: ReplicaLoadOptions): Promise<LoadedModel> {
     this.loadArgs = { model, options };

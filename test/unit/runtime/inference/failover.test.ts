@@ -9,7 +9,7 @@ import { readNpy } from '../../../../drivers/tensor/npy.js';
 import type { Tensor } from '../../../../drivers/tensor/tensor.js';
 import { InferenceService } from '../../../../runtime/inference/inference-service.js';
 import { ResourcePool } from '../../../../runtime/resource-pool.js';
-import { faultyEngine, type FaultLog, type Faults } from '../../../support/faulty-engine.js';
+import { createFaultInjectingEngine, type FaultLog, type Faults } from '../../../../drivers/engines/fault-injection.js';
 import { tempRoot } from '../../../support/sysroots.js';
 import { until } from '../../../support/wait.js';
 
@@ -31,7 +31,7 @@ afterEach(async () => {
 
 function setup(devices: DeviceInfo[], options: { timeoutMs?: number } = {}): { service: InferenceService; faults: Map<string, Faults>; log: FaultLog; pool: ResourcePool } {
   const faults = new Map<string, Faults>();
-  const engine = faultyEngine(createOnnxruntimeEngine(), faults);
+  const engine = createFaultInjectingEngine(createOnnxruntimeEngine(), faults);
   const pool = new ResourcePool(devices);
   const service = new InferenceService(BLAZEFACE, { pool, hal: new HalRegistry().register(engine), devices: devices.map((d) => d.id), threads: 1, name: 'faces', retry: { initialMs: 50, maxMs: 200 }, ...options });
   services.push(service);
@@ -143,7 +143,7 @@ describe('InferenceService failover', () => {
     const probe: DeviceProbe = { kind: 'edgetpu', probe: async (s) => (await edgetpuProbe.probe(s)).map((d) => ({ ...d, formats: ['onnx'] })) };
     const cpuProbe: DeviceProbe = { kind: 'cpu', probe: async () => [CPU] };
     const faults = new Map<string, Faults>();
-    const hal = new HalRegistry().register(probe, 10).register(cpuProbe).register(faultyEngine(createOnnxruntimeEngine(), faults));
+    const hal = new HalRegistry().register(probe, 10).register(cpuProbe).register(createFaultInjectingEngine(createOnnxruntimeEngine(), faults));
     const pool = await ResourcePool.discover(hal, sys.root);
     const stick = pool.devices.find((d) => d.kind === 'edgetpu');
     expect(stick?.id).toBe('edgetpu:usb-1-1');

@@ -1,5 +1,5 @@
-import { DeviceUnavailableError, ModelError } from '../../drivers/errors.js';
-import type { DeviceInfo, Engine, Feeds, LoadedModel, LoadOptions, ModelSource, Outputs, Support } from '../../drivers/hal/types.js';
+import { DeviceUnavailableError, ModelError } from '../errors.js';
+import type { DeviceInfo, Engine, Feeds, LoadedModel, LoadOptions, ModelSource, Outputs, Support } from '../hal/types.js';
 
 /** What goes wrong on one device, switchable while a test runs. */
 export interface Faults {
@@ -22,16 +22,17 @@ export interface FaultLog {
 }
 
 /**
- * A fault-injecting engine: wraps a real engine (onnxruntime running the real model, so answers
- * are real) and, per device id, makes runs fail, hang, slow down or vanish on command. It is an
- * ordinary Engine registered in an ordinary HAL, the way a flaky accelerator's driver would be.
- * Any device kind is accepted, so a test can pretend a `cuda` or `edgetpu` device exists and
- * have its runs done by the CPU.
+ * Fault injection for rehearsing failover: wraps a real engine (so answers are real) and, per
+ * device id, makes runs fail, hang, slow down or vanish on command, the ways accelerators fail in
+ * the field (a Coral stick pulled out, a GPU driver hang, a thermal slowdown). It is an ordinary
+ * Engine registered in an ordinary HAL. Any device kind is accepted and its runs are done by the
+ * wrapped engine on the CPU, so a test or a bench can stand a `cuda` or `edgetpu` device up on a
+ * machine without one. Not registered by `createBuiltinHal`; tests and benches add it themselves.
  */
-export function faultyEngine(inner: Engine, faults: Map<string, Faults>, log: FaultLog = { runs: new Map(), loads: new Map() }): Engine & { readonly log: FaultLog } {
+export function createFaultInjectingEngine(inner: Engine, faults: Map<string, Faults>, log: FaultLog = { runs: new Map(), loads: new Map() }): Engine & { readonly log: FaultLog } {
   const cpu = (device: DeviceInfo): DeviceInfo => ({ ...device, kind: 'cpu' });
   return {
-    name: 'faulty',
+    name: 'fault-injection',
     formats: inner.formats,
     log,
     async supports(): Promise<Support> {
@@ -44,7 +45,7 @@ export function faultyEngine(inner: Engine, faults: Map<string, Faults>, log: Fa
       const real = await inner.load(model, cpu(device), options);
       let disposed = false;
       return {
-        engine: 'faulty',
+        engine: 'fault-injection',
         device,
         inputs: real.inputs,
         outputs: real.outputs,
