@@ -87,6 +87,25 @@ describe.skipIf(mosquitto === undefined)('MqttPeerTransport against Mosquitto', 
     expect(problems).toEqual([]);
   });
 
+  it('an InferenceService offloads to the edge agent over the broker, and runs locally once the edge agent is gone', async () => {
+    const server = await agent('edge-1');
+    const stop = await server.serve('edge', path.basename(MODEL), modelHandler);
+    const robot = new InferenceService(MODEL, { devices: ['peer:edge', 'cpu'], threads: 1, name: 'robot', retry: { initialMs: 60_000 }, peers: { transport: await agent('robot-7'), targets: [{ target: 'edge', timeoutMs: 2000 }] } });
+    await robot.start();
+    try {
+      expectSameOutputs(await robot.infer(feeds), local);
+      expect(robot.stats()).toMatchObject({ device: 'peer:edge', failovers: 0 });
+      expect(server.stats().served).toBe(1);
+      await stop();
+      // MQTT 5: the broker says nobody serves it any more, so the robot knows at once.
+      expectSameOutputs(await robot.infer(feeds), local);
+      expect(robot.stats()).toMatchObject({ device: 'cpu:0', failovers: 1 });
+      expect(robot.stats().replicas[0]).toMatchObject({ device: 'peer:edge', state: 'down' });
+    } finally {
+      await robot.stop();
+    }
+  });
+
   it('a shared subscription hands each request to one server of the group, and both get some', async () => {
     const answered: string[] = [];
     const servers = await Promise.all(['s1', 's2'].map((id) => agent(id)));
