@@ -7,6 +7,7 @@ import { readNpy, writeNpy } from '../../../drivers/tensor/npy.js';
 import type { Tensor } from '../../../drivers/tensor/tensor.js';
 import { InferenceService } from '../../../runtime/inference/inference-service.js';
 import { table } from '../format.js';
+import { collectList, positiveInt } from '../args.js';
 
 interface InferOptions {
   input: string[];
@@ -23,7 +24,7 @@ export function inferCommand(): Command {
     .argument('<model>', 'model file (.onnx, .tflite) or TF.js model folder')
     .option('-i, --input <name=file.npy>', 'an input tensor; repeat for each input (the name may be left out when the model has one input)', collect, [])
     .option('-d, --device <kind|id>', 'device kind or id to run on, best first; repeat or comma-separate (default: accelerators first, then cpu)', collectList, [])
-    .addOption(new Option('-t, --threads <n>', 'intra-op threads (default: engine choice)').argParser(positiveInt))
+    .addOption(new Option('-t, --threads <n>', 'intra-op threads (default: engine choice)').argParser(positiveInt('--threads')))
     .option('--out <dir>', 'write each output to DIR/<name>.npy')
     .option('--json', 'print { device, engine, backend, skipped, warnings, latencyMs, outputs: { NAME: { dtype, shape, data } } }')
     .addHelpText('after', `
@@ -113,12 +114,4 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-function collectList(value: string, previous: string[]): string[] {
-  return [...previous, ...value.split(',').map((s) => s.trim()).filter((s) => s !== '')];
-}
 
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new UsageError('EAI_CLI_USAGE', `--threads must be a positive integer, got '${value}'.`);
-  return n;
-}

@@ -1,11 +1,11 @@
 import { Command, Option } from 'commander';
 import { UsageError } from '../../../drivers/errors.js';
 import type { NodeWarning } from '../../../runtime/pipeline/executor.js';
-import { parseDuration } from '../../../runtime/pipeline/graph.js';
 import type { PipelineStats } from '../../../runtime/pipeline/pipeline.js';
 import { Pipeline } from '../../../runtime/pipeline/pipeline.js';
 import { ResourcePool } from '../../../runtime/resource-pool.js';
 import { table } from '../format.js';
+import { duration } from '../args.js';
 
 interface RunOptions {
   for?: number;
@@ -24,10 +24,10 @@ export function runCommand(): Command {
   return new Command('run')
     .description('run pipeline files (several share the devices by priority); Ctrl-C (SIGINT) or SIGTERM stops them cleanly: sources closed, queues drained, sinks flushed')
     .argument('<files...>', 'pipeline YAML files')
-    .addOption(new Option('--for <duration>', "stop after this long (e.g. '30s', '2m')").argParser(durationArg))
+    .addOption(new Option('--for <duration>', "stop after this long (e.g. '30s', '2m')").argParser(duration('--for')))
     .option('--stats', 'show a live per-stage table and device shares (on a terminal) and a final summary')
     .option('--json', 'print the final summary (and with --stats, every stats report) as JSON lines')
-    .addOption(new Option('--interval <duration>', 'how often stats refresh').default(1000, '1s').argParser(durationArg))
+    .addOption(new Option('--interval <duration>', 'how often stats refresh').default(1000, '1s').argParser(duration('--interval')))
     .addOption(new Option('--lanes <device=n>', 'runs a device takes at once, its capacity in the share formula (default 1; docs/scheduling.md); repeat per device, e.g. --lanes cpu=2').argParser(lanesArg).default([]))
     .addHelpText('after', `
 Examples:
@@ -117,10 +117,3 @@ function lanesArg(value: string, previous: { device: string; lanes: number }[]):
   return [...previous, { device: m[1] as string, lanes }];
 }
 
-function durationArg(value: string): number {
-  try {
-    return parseDuration(/^[0-9.]+$/u.test(value) ? `${value}s` : value);
-  } catch {
-    throw new UsageError('EAI_CLI_USAGE', `'${value}' is not a duration: write e.g. 30s, 500ms, 2m.`);
-  }
-}

@@ -8,8 +8,8 @@ import { UsageError } from '../../../drivers/errors.js';
 import { InferenceService } from '../../../runtime/inference/inference-service.js';
 import { LatencyWindow } from '../../../runtime/inference/latency-window.js';
 import { PeerError, type PeerHandler } from '../../../runtime/inference/peers.js';
-import { parseDuration } from '../../../runtime/pipeline/graph.js';
 import { MqttPeerTransport, replyTopic, requestTopic } from '../../fleet/peer-transport.js';
+import { collectList, duration, positiveInt } from '../args.js';
 
 export interface ServeCommandOptions {
   /** Stops serving when aborted, as SIGINT and SIGTERM do; tests pass their own. */
@@ -49,10 +49,10 @@ export function serveCommand(options: ServeCommandOptions = {}): Command {
     .option('--peer-id <id>', "this server's id in replies (default: the host name)")
     .option('--name <model>', "the model's name on the wire (default: the model's file name)")
     .option('-d, --device <kind|id>', 'device kind or id to run on, best first; repeat or comma-separate (default: accelerators first, then cpu)', collectList, [])
-    .addOption(new Option('-t, --threads <n>', 'intra-op threads (default: engine choice)').argParser(positiveInt))
+    .addOption(new Option('-t, --threads <n>', 'intra-op threads (default: engine choice)').argParser(positiveInt('--threads')))
     .option('--username <user>', 'MQTT user name')
     .option('--password-file <file>', 'file holding the MQTT password (one line); never printed')
-    .addOption(new Option('--every <duration>', 'how often to print a stats line').default(60_000, '1m').argParser(durationArg))
+    .addOption(new Option('--every <duration>', 'how often to print a stats line').default(60_000, '1m').argParser(duration('--every')))
     .option('--json', 'print JSON lines: { type: "ready" | "stats" | "stopped", ... }')
     .addHelpText('after', `
 Examples:
@@ -212,23 +212,5 @@ function redact(url: string): string {
   }
 }
 
-function collectList(value: string, previous: string[]): string[] {
-  return [...previous, ...value.split(',').map((s) => s.trim()).filter((s) => s !== '')];
-}
 
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new UsageError('EAI_CLI_USAGE', `--threads must be a positive integer, got '${value}'.`);
-  return n;
-}
 
-function durationArg(value: string): number {
-  let ms: number;
-  try {
-    ms = parseDuration(/^[0-9.]+$/u.test(value) ? `${value}s` : value);
-  } catch {
-    throw new UsageError('EAI_CLI_USAGE', `--every '${value}' is not a duration: write e.g. 1m, 30s, 500ms.`);
-  }
-  if (!(ms >= 1)) throw new UsageError('EAI_CLI_USAGE', `--every must be at least 1 ms, got '${value}'.`);
-  return ms;
-}

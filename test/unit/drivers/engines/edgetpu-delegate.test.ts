@@ -5,9 +5,8 @@ import { createTfliteEngine, type TfliteLoadedModel } from '../../../../drivers/
 import { detectModel } from '../../../../drivers/hal/model-format.js';
 import type { DeviceInfo } from '../../../../drivers/hal/types.js';
 import { readNpy } from '../../../../drivers/tensor/npy.js';
-import { Tensor } from '../../../../drivers/tensor/tensor.js';
 import { buildFakeEdgeTpu, type FakeEdgeTpu } from '../../../fixtures/delegates/build.js';
-import { EDGETPU_STYLE, edgetpuStyleExpected, edgetpuStyleModel, writeModels } from '../../../fixtures/delegates/models.js';
+import { BOTH_TPUS, edgetpuStyleExpected, edgetpuStyleFeed, edgetpuStyleModel, PCI_TPU, Q, USB_TPU, writeModels } from '../../../fixtures/delegates/models.js';
 import { tempRoot } from '../../../support/sysroots.js';
 
 // The Edge TPU path against a stand-in libedgetpu built from test/fixtures/delegates/fake-edgetpu.c:
@@ -19,29 +18,11 @@ const BLAZEFACE = path.join(repo, 'models/zoo/blazeface-short-range-tflite/face_
 const SSD_EDGETPU = path.join(repo, 'models/zoo/ssd-mobilenet-v2-coco-quant-tflite/mobilenet_ssd_v2_coco_quant_postprocess_edgetpu.tflite');
 const inputs = (name: string): string => path.join(repo, 'test/fixtures/inputs', name);
 
-/** As the Edge TPU probe reports a Coral USB Accelerator in port 2-1 and an M.2 card. */
-const usbTpu: DeviceInfo = {
-  id: 'edgetpu:usb-2-1',
-  kind: 'edgetpu',
-  name: 'Coral USB Accelerator',
-  formats: ['tflite-edgetpu', 'tflite'],
-  status: { state: 'ready' },
-  details: { bus: 'usb', port: '2-1', usbId: '18d1:9302', devicePath: '/dev/bus/usb/002/003', firmwareLoaded: true },
-};
-const pciTpu: DeviceInfo = {
-  id: 'edgetpu:pci-0000:01:00.0',
-  kind: 'edgetpu',
-  name: 'Coral M.2 / PCIe Accelerator',
-  formats: ['tflite-edgetpu', 'tflite'],
-  status: { state: 'ready' },
-  details: { bus: 'pci', pciAddress: '0000:01:00.0', driver: 'apex', devicePath: '/dev/apex_0' },
-};
-/** What libedgetpu would enumerate on that machine: the USB port path and the apex node. */
-const LISTED = 'usb:/sys/bus/usb/devices/2-1;pci:/dev/apex_0';
-
+const usbTpu = USB_TPU;
+const pciTpu = PCI_TPU;
+const LISTED = BOTH_TPUS;
 const models = writeModels({ tpu: edgetpuStyleModel() });
-const Q = [0, 1, 2, 100, 125, 200, 253, 255];
-const feed = (): Record<string, Tensor> => ({ [EDGETPU_STYLE.input.name]: new Tensor('uint8', [1, EDGETPU_STYLE.length], Uint8Array.from(Q)) });
+const feed = edgetpuStyleFeed;
 
 let fake: FakeEdgeTpu | undefined;
 let skip = '';

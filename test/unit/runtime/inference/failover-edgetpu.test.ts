@@ -1,24 +1,19 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTfliteEngine } from '../../../../drivers/engines/tflite.js';
 import { HalRegistry } from '../../../../drivers/hal/registry.js';
-import type { DeviceInfo } from '../../../../drivers/hal/types.js';
-import { Tensor } from '../../../../drivers/tensor/tensor.js';
 import { InferenceService } from '../../../../runtime/inference/inference-service.js';
 import { ResourcePool } from '../../../../runtime/resource-pool.js';
 import { buildFakeEdgeTpu, type FakeEdgeTpu } from '../../../fixtures/delegates/build.js';
-import { EDGETPU_STYLE, edgetpuStyleExpected, edgetpuStyleModel, writeModels } from '../../../fixtures/delegates/models.js';
+import { BOTH_TPUS, edgetpuStyleExpected, edgetpuStyleFeed as feed, edgetpuStyleModel, PCI_TPU, Q, USB_TPU, writeModels } from '../../../fixtures/delegates/models.js';
 import { until } from '../../../support/wait.js';
 
 // Failover through the real tflite engine and the Edge TPU delegate path (the stand-in
 // libedgetpu of test/fixtures/delegates): a robot with a Coral USB stick and an M.2 card pulls the
 // stick out mid-stream. What this cannot show is real Edge TPU hardware.
 
-const usb: DeviceInfo = { id: 'edgetpu:usb-2-1', kind: 'edgetpu', name: 'Coral USB Accelerator', formats: ['tflite-edgetpu', 'tflite'], status: { state: 'ready' }, details: { bus: 'usb', port: '2-1', usbId: '18d1:9302', devicePath: '/dev/bus/usb/002/003', firmwareLoaded: true } };
-const pci: DeviceInfo = { id: 'edgetpu:pci-0000:01:00.0', kind: 'edgetpu', name: 'Coral M.2 / PCIe Accelerator', formats: ['tflite-edgetpu', 'tflite'], status: { state: 'ready' }, details: { bus: 'pci', pciAddress: '0000:01:00.0', driver: 'apex', devicePath: '/dev/apex_0' } };
-const BOTH = 'usb:/sys/bus/usb/devices/2-1;pci:/dev/apex_0';
+const usb = USB_TPU;
+const pci = PCI_TPU;
 const models = writeModels({ tpu: edgetpuStyleModel() });
-const Q = [0, 1, 2, 100, 125, 200, 253, 255];
-const feed = (): Record<string, Tensor> => ({ [EDGETPU_STYLE.input.name]: new Tensor('uint8', [1, EDGETPU_STYLE.length], Uint8Array.from(Q)) });
 
 let fake: FakeEdgeTpu | undefined;
 let skip = '';
@@ -30,7 +25,7 @@ beforeAll(async () => {
     return;
   }
   fake = built;
-  process.env['FAKE_EDGETPU_DEVICES'] = BOTH;
+  process.env['FAKE_EDGETPU_DEVICES'] = BOTH_TPUS;
 });
 afterAll(() => {
   delete process.env['FAKE_EDGETPU_DEVICES'];
@@ -63,7 +58,7 @@ describe('InferenceService failover with the real tflite engine and Edge TPU del
       expect(fake.lastOpened()).toBe('pci:/dev/apex_0');
 
       // Plugged back in: the retry opens a delegate on it again and requests return to it.
-      process.env['FAKE_EDGETPU_DEVICES'] = BOTH;
+      process.env['FAKE_EDGETPU_DEVICES'] = BOTH_TPUS;
       await until(() => service.stats().device === usb.id, 3000);
       await answers(5);
       expect(service.stats().replicas.map((r) => r.state)).toEqual(['up', 'idle']);
