@@ -322,6 +322,41 @@ export class ResourcePool extends EventEmitter<PoolEvents> {
     this.lanes.set(deviceId, options.lanes);
   }
 
+  /**
+   * How loaded a device is, as a fraction of its capacity: the larger of what its scheduler was
+   * busy over the last window and what the rates declared on it need (Σ rate × measured cost /
+   * lanes). 0 for a device nobody uses. Placement puts work on the least loaded of devices a
+   * preference ranks equal (two Coral sticks, two GPUs).
+   */
+  load(deviceId: string): number {
+    const scheduler = this.schedulers.get(deviceId);
+    if (scheduler === undefined) return 0;
+    let declared = 0;
+    for (const r of this.held.values()) {
+      if (r.deviceId !== deviceId || r.rateHz === undefined) continue;
+      declared += (r.rateHz * (this.costs.get(r.id)?.() ?? 0)) / 1000;
+    }
+    return Math.max(scheduler.stats().busyFraction, declared / scheduler.lanes);
+  }
+
+  /**
+   * Changes the memory a reservation holds, once the owner knows more (a loaded model's buffers
+   * for its largest batch). Refused (EAI_POOL_NO_MEMORY, the reservation unchanged) when the
+   * device's memory cannot hold the new size.
+   */
+  resize(reservation: Reservation, memoryBytes: number): Reservation {
+    const held = this.held.get(reservation.id);
+    if (held === undefined) throw new ResourceError('EAI_POOL_RELEASED', `${reservation.owner}'s reservation on ${reservation.deviceId} was already released.`, { details: { device: reservation.deviceId } });
+    const device = this.known.get(held.deviceId);
+    const others = [...this.held.values()].filter((r) => r.deviceId === held.deviceId && r.id !== held.id).reduce((n, r) => n + r.memoryBytes, 0);
+    if (device?.memoryBytes !== undefined && others + memoryBytes > device.memoryBytes) {
+      throw new ResourceError('EAI_POOL_NO_MEMORY', `${held.owner} needs ${mib(memoryBytes)} on ${held.deviceId} (weights and its largest batch's inputs and outputs) but only ${mib(Math.max(0, device.memoryBytes - others))} of ${mib(device.memoryBytes)} is free. Lower the batch size, stop a model on that device or place this one elsewhere.`, { details: { device: held.deviceId, requested: memoryBytes } });
+    }
+    const resized: Reservation = { ...held, memoryBytes };
+    this.held.set(held.id, resized);
+    return resized;
+  }
+
   /** Every task on a device with its entitled and received share (docs/scheduling.md). */
   shares(deviceId: string): DeviceShare[] {
     const scheduler = this.schedulers.get(deviceId);

@@ -6,7 +6,7 @@ import { checkFeeds } from '../../drivers/hal/feeds.js';
 import { detectModel } from '../../drivers/hal/model-format.js';
 import type { DevicePreference, HalRegistry, Placement } from '../../drivers/hal/registry.js';
 import type { DeviceInfo, Feeds, LoadOptions, ModelSource, Outputs, TensorSpec } from '../../drivers/hal/types.js';
-import { Tensor } from '../../drivers/tensor/tensor.js';
+import { bytesPerElement, Tensor } from '../../drivers/tensor/tensor.js';
 import type { DeviceShare, Reservation } from '../resource-pool.js';
 import { AdmissionError, ResourcePool } from '../resource-pool.js';
 import { DeadlineError } from '../scheduler/device-scheduler.js';
@@ -289,7 +289,15 @@ export class InferenceService {
     const retryMs = this.options.retry?.initialMs ?? 500;
     const peers = (this.options.peers?.targets ?? []).map((t) => new PeerReplica(this.options.peers?.transport as PeerTransport, t, t.model ?? path.basename(model.path), retryMs));
     const locals = placements.map((p) => new Replica(p, retryMs));
-    if (preference.length === 0) return [...locals, ...peers];
+    // Devices one entry ranks equal (a kind with several devices) go least loaded first.
+    const byLoad = (rs: Replica[]): Replica[] => {
+      const load = new Map(rs.map((r) => [r, this.pool?.load(r.id) ?? 0]));
+      return [...rs].sort((a, b) => (load.get(a) ?? 0) - (load.get(b) ?? 0));
+    };
+    if (preference.length === 0) {
+      const kinds = [...new Set(locals.map((r) => r.device.kind))];
+      return [...kinds.flatMap((k) => byLoad(locals.filter((r) => r.device.kind === k))), ...peers];
+    }
     const out: Candidate[] = [];
     for (const entry of preference) {
       if (entry.startsWith('peer:')) {
@@ -298,7 +306,7 @@ export class InferenceService {
         if (!out.includes(peer)) out.push(peer);
         continue;
       }
-      for (const r of locals) if (!out.includes(r) && (r.device.kind === entry || r.device.id === entry)) out.push(r);
+      for (const r of byLoad(locals.filter((r) => !out.includes(r) && (r.device.kind === entry || r.device.id === entry)))) out.push(r);
     }
     for (const p of peers) if (!out.includes(p)) out.push(p);
     return out;
@@ -536,7 +544,7 @@ export class InferenceService {
     const pool = this.pool;
     const model = this.model;
     if (pool === undefined || model === undefined) throw new ServiceError('EAI_SERVICE_NOT_STARTED', `${this.name} is not started; call start() first.`);
-    const reservation = pool.reserve(replica.id, {
+    let reservation = pool.reserve(replica.id, {
       owner: this.name,
       memoryBytes: await weightBytes(model.path),
       priority: this.priority,
@@ -556,6 +564,10 @@ export class InferenceService {
         ...(this.options.batching === undefined ? {} : { warmupBatch: (rows: number) => this.batchOfZeros(rows) }),
       });
       if (this.signature === undefined) this.signature = { inputs: loaded.inputs, outputs: loaded.outputs };
+      // What is known of the activations: the inputs and outputs of its largest batch live on
+      // the device beside the weights. (Intermediate buffers are the engine's and not visible.)
+      const rows = this.options.batching?.maxBatch ?? 1;
+      reservation = pool.resize(reservation, reservation.memoryBytes + rows * (tensorBytes(loaded.inputs) + tensorBytes(loaded.outputs)));
       // Admission needs the measured cost, so it comes after the warm-up.
       pool.admit(reservation);
       replica.state = 'up';
@@ -692,6 +704,11 @@ function warmupFeedsFor(specs: readonly TensorSpec[], given: Feeds): Feeds {
   const feeds: Record<string, Tensor> = {};
   for (const spec of specs) feeds[spec.name] = given[spec.name] ?? Tensor.zeros(spec.dtype, spec.shape.map((d) => d ?? 1));
   return feeds;
+}
+
+/** Bytes of one row of each tensor (dynamic dimensions counted as 1). */
+function tensorBytes(specs: readonly TensorSpec[]): number {
+  return specs.reduce((sum, s) => sum + bytesPerElement(s.dtype) * s.shape.reduce<number>((n, d) => n * (d ?? 1), 1), 0);
 }
 
 /** Bytes of weights on disk: the file, or every file of a model folder (TF.js shards). */

@@ -71,4 +71,40 @@ describe('ResourcePool', () => {
     expect(() => pool.reserve('cuda:0', { owner: 'x' })).toThrow(/No device 'cuda:0'/u);
     expect(() => pool.reserve('cpu:0', { owner: 'x', memoryBytes: -1 })).toThrow(/non-negative/u);
   });
+
+  it('resize grows a reservation when the owner learns more, and refuses what does not fit', () => {
+    const pool = new ResourcePool([jetson]);
+    pool.reserve('jetson:gpu0', { owner: 'planner', memoryBytes: 6 * GiB });
+    const r = pool.reserve('jetson:gpu0', { owner: 'detector', memoryBytes: 1 * GiB });
+    expect(pool.resize(r, 2 * GiB).memoryBytes).toBe(2 * GiB);
+    expect(pool.usage('jetson:gpu0').freeBytes).toBe(0);
+    expect(() => pool.resize(r, 3 * GiB)).toThrow(expect.objectContaining({ code: 'EAI_POOL_NO_MEMORY' }));
+    expect(pool.usage('jetson:gpu0').reservedBytes).toBe(8 * GiB);
+    pool.release(r);
+    expect(() => pool.resize(r, 1)).toThrow(expect.objectContaining({ code: 'EAI_POOL_RELEASED' }));
+  });
+
+  it('admits a declared rate the device can give and refuses one it cannot, saying by how much', () => {
+    const pool = new ResourcePool([cpu]);
+    const a = pool.reserve('cpu:0', { owner: 'obstacles', priority: 4, rateHz: 30, costMs: () => 10 });
+    expect(pool.load('cpu:0')).toBeCloseTo(0.3, 6);
+    let error: Error | undefined;
+    try {
+      pool.reserve('cpu:0', { owner: 'scene', priority: 1, rateHz: 100, costMs: () => 10 });
+    } catch (e) {
+      error = e as Error;
+    }
+    // Entitled: obstacles capped at its 30/s (30 %), scene gets the remaining 70 % = 70/s.
+    expect(error).toMatchObject({ code: 'EAI_SCHED_ADMISSION' });
+    expect(error?.message).toMatch(/^scene needs 100\/s × 10\.0 ms = 100(\.0)? % of cpu:0, but at priority 1 it is entitled to 70(\.0)?\/s \(70(\.0)? %\): short by 30(\.0)?\/s \(30 %\)/u);
+    expect(pool.usage('cpu:0').reservations.map((r) => r.owner)).toEqual(['obstacles']);
+    const b = pool.reserve('cpu:0', { owner: 'scene', priority: 1, rateHz: 60, costMs: () => 10 });
+    expect(pool.shares('cpu:0').map((x) => [x.owner, x.entitledRateHz])).toEqual([
+      ['obstacles', 30],
+      ['scene', 60],
+    ]);
+    pool.release(a);
+    pool.release(b);
+    expect(pool.load('cpu:0')).toBe(0);
+  });
 });

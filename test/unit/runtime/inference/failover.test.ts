@@ -160,4 +160,20 @@ describe('InferenceService failover', () => {
     expect(best(await service.infer({ 'input:0': await readNpy(FACE) }))).toBeGreaterThan(0.9);
     expect(service.device.id).toBe('cpu:0');
   });
+
+  it('places on the least loaded of the devices a preference ranks equal', async () => {
+    const stickA = device('edgetpu:usb-1-1', 'edgetpu');
+    const stickB = device('edgetpu:usb-1-2', 'edgetpu');
+    const { pool } = setup([stickA, stickB, CPU]);
+    // Another task already needs 60 % of stick A.
+    pool.reserve(stickA.id, { owner: 'tracker', rateHz: 60, costMs: () => 10 });
+    const placed = new InferenceService(BLAZEFACE, { pool, hal: new HalRegistry().register(createFaultInjectingEngine(createOnnxruntimeEngine(), new Map())), devices: ['edgetpu', 'cpu'], threads: 1, name: 'faces' });
+    services.push(placed);
+    await placed.start();
+    expect(placed.device.id).toBe(stickB.id);
+    expect(placed.stats().replicas.map((r) => r.device)).toEqual([stickB.id, stickA.id, CPU.id]);
+    // Its reservation holds the weights and the model's input and output buffers.
+    const held = pool.usage(stickB.id).reservations[0];
+    expect(held?.memoryBytes).toBeGreaterThan(128 * 128 * 3 * 4);
+  });
 });
