@@ -9,7 +9,7 @@ NODE_BIN := node_modules/.bin
 # builds the stand-in Edge TPU delegate; libxrt1 is Xilinx's runtime, loaded for real (no card);
 # Mosquitto is the broker the MQTT sink publishes to; ffmpeg decodes video and audio sources;
 # gpsd (gpsfake) replays a real NMEA log to the GNSS source; can-utils for SocketCAN.
-APT_PACKAGES := ffmpeg python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1 mosquitto mosquitto-clients gpsd gpsd-clients can-utils protobuf-compiler
+APT_PACKAGES := ffmpeg python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1 mosquitto mosquitto-clients gpsd gpsd-clients can-utils protobuf-compiler age
 
 .PHONY: all setup apt build run test bench lint clean
 
