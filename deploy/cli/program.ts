@@ -2,10 +2,12 @@ import { Command, CommanderError } from 'commander';
 import { AiosError } from '../../drivers/errors.js';
 import { devicesCommand } from './commands/devices.js';
 import { inferCommand } from './commands/infer.js';
+import { keysCommand } from './commands/keys.js';
 import { powerCommand } from './commands/power.js';
 import { runCommand } from './commands/run.js';
 import { schemaCommand } from './commands/schema.js';
 import { serveCommand } from './commands/serve.js';
+import { trustCommand } from './commands/trust.js';
 import { validateCommand } from './commands/validate.js';
 import { VERSION } from '../../runtime/version.js';
 
@@ -21,10 +23,10 @@ export function buildProgram(): Command {
     .option('--debug', 'print stack traces and native errors in full')
     .showHelpAfterError('(run with --help for usage)')
     .configureHelp({ sortSubcommands: true });
-  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand(), serveCommand()]) {
+  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand(), serveCommand(), keysCommand(), trustCommand()]) {
     // Commander's own parse errors (unknown option, missing argument) get the same
     // `error CODE: message` shape as ours, and help goes to stdout.
-    command.exitOverride().configureOutput({ outputError: (text, write) => write(`error EAI_CLI_USAGE: ${text.replace(/^error: /u, '')}`) });
+    for (const c of [command, ...command.commands]) c.exitOverride().configureOutput({ outputError: (text, write) => write(`error EAI_CLI_USAGE: ${text.replace(/^error: /u, '')}`) });
     if (command !== program) program.addCommand(command);
   }
   return program;

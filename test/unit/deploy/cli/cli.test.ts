@@ -2,8 +2,8 @@ import { cp, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../../../../deploy/cli/program.js';
 import { readNpy } from '../../../../drivers/tensor/npy.js';
+import { runCli } from '../../../support/cli.js';
 
 const repo = path.resolve(import.meta.dirname, '../../../..');
 const BLAZEFACE = path.join(repo, 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx');
@@ -11,26 +11,7 @@ const SILERO = path.join(repo, 'models/zoo/silero-vad-v4/silero_vad.onnx');
 const FACE = path.join(repo, 'test/fixtures/inputs/blazeface128-face.npy');
 const sysroot = (name: string): string => path.join(repo, 'test/fixtures/sysroots', name);
 
-/** Runs the CLI in-process and captures what it prints. */
-async function aios(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
-    stdout += String(chunk);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
-    stderr += String(chunk);
-    return true;
-  });
-  try {
-    const code = await main(argv);
-    return { code, stdout, stderr };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-  }
-}
+const aios = runCli;
 
 let tmp: string;
 beforeAll(async () => {
