@@ -1,0 +1,341 @@
+/**
+ * age v1 files as Node streams: {@link createEncryptStream} turns plaintext into a whole age file
+ * (header, nonce, payload), {@link createDecryptStream} the reverse. The payload is STREAM over
+ * ChaCha20-Poly1305: 64 KiB plaintext chunks, key HKDF-SHA256(file key, nonce, "payload"), chunk
+ * nonce an 11-byte big-endian counter and a last-chunk flag byte.
+ *
+ * Memory is bounded by one chunk plus the piece being written, whatever the file size: a chunk is
+ * decrypted as soon as the byte after it arrives (that byte proves it is not the last) and its
+ * plaintext is pushed only once its tag has verified. Plaintext of earlier chunks is released
+ * before later chunks are checked, as STREAM allows; a consumer learns of a truncated or altered
+ * file through the stream's error, which always comes before 'end'. So write to a temporary
+ * name and rename on 'finish', never act on a half-read model.
+ *
+ * {@link encrypt} and {@link decrypt} run the same code synchronously on a whole buffer.
+ */
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+import { Transform, type TransformCallback } from 'node:stream';
+import { AgeError, encodeHeader, FILE_KEY_SIZE, MAX_HEADER_BYTES, parseHeader, verifyHeaderMac, type AgeHeader, type AgeStanza } from './format.js';
+import { X25519Identity, X25519Recipient, type AgeIdentity, type AgeRecipient } from './keys.js';
+
+/** Plaintext bytes per STREAM chunk. */
+export const CHUNK_SIZE = 64 * 1024;
+const TAG_SIZE = 16;
+const ENC_CHUNK_SIZE = CHUNK_SIZE + TAG_SIZE;
+const NONCE_SIZE = 16;
+const AEAD = 'chacha20-poly1305';
+
+/** Options for decryption. */
+export interface DecryptOptions {
+  /** Refuse a header longer than this many bytes (default {@link MAX_HEADER_BYTES}). */
+  readonly maxHeaderBytes?: number;
+}
+
+/** Recipients as objects or `age1…` strings; identities as objects or `AGE-SECRET-KEY-1…` strings. */
+export type RecipientLike = AgeRecipient | string;
+export type IdentityLike = AgeIdentity | string;
+
+type Emit = (bytes: Buffer) => void;
+
+/**
+ * A Transform whose output is an age file encrypted to every recipient: the header and nonce
+ * are pushed at once, then one chunk each time a full 64 KiB and one more byte are in. Throws
+ * `EAI_AGE_NO_KEYS` for an empty list and `EAI_AGE_KEY` for a bad recipient string, synchronously.
+ */
+export function createEncryptStream(recipients: readonly RecipientLike[]): Transform {
+  const { preamble, sealer } = startEncryption(recipients);
+  const stream = coreTransform(sealer);
+  stream.push(preamble);
+  return stream;
+}
+
+/**
+ * A Transform that reads an age file and outputs its plaintext. Errors (all {@link AgeError}):
+ * `EAI_AGE_HEADER`, `EAI_AGE_NO_MATCH`, `EAI_AGE_HEADER_MAC` before any output;
+ * `EAI_AGE_PAYLOAD_AUTH`, `EAI_AGE_TRUNCATED`, `EAI_AGE_TRAILING_DATA` at the chunk concerned.
+ * Bad identity strings throw `EAI_AGE_KEY` synchronously.
+ */
+export function createDecryptStream(identities: readonly IdentityLike[], options: DecryptOptions = {}): Transform {
+  return coreTransform(new Decryptor(toIdentities(identities), options.maxHeaderBytes ?? MAX_HEADER_BYTES));
+}
+
+/** Encrypts a whole buffer to an age file. For data that fits in memory twice over. */
+export function encrypt(plaintext: Uint8Array, recipients: readonly RecipientLike[]): Buffer {
+  const { preamble, sealer } = startEncryption(recipients);
+  const out: Buffer[] = [preamble];
+  sealer.write(asBuffer(plaintext), (b) => out.push(b));
+  sealer.end((b) => out.push(b));
+  return Buffer.concat(out);
+}
+
+/** Decrypts a whole age file held in memory; same errors as {@link createDecryptStream}. */
+export function decrypt(file: Uint8Array, identities: readonly IdentityLike[], options: DecryptOptions = {}): Buffer {
+  const d = new Decryptor(toIdentities(identities), options.maxHeaderBytes ?? MAX_HEADER_BYTES);
+  const out: Buffer[] = [];
+  d.write(asBuffer(file), (b) => out.push(b));
+  d.end((b) => out.push(b));
+  return Buffer.concat(out);
+}
+
+interface Core {
+  write(piece: Buffer, emit: Emit): void;
+  end(emit: Emit): void;
+}
+
+function coreTransform(core: Core): Transform {
+  return new Transform({
+    transform(this: Transform, chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+      try {
+        core.write(chunk, (b) => this.push(b));
+        done();
+      } catch (err) {
+        done(err as Error);
+      }
+    },
+    flush(this: Transform, done: TransformCallback) {
+      try {
+        core.end((b) => this.push(b));
+        done();
+      } catch (err) {
+        done(err as Error);
+      }
+    },
+  });
+}
+
+function startEncryption(recipients: readonly RecipientLike[]): { preamble: Buffer; sealer: Sealer } {
+  if (recipients.length === 0) throw new AgeError('EAI_AGE_NO_KEYS', 'encrypting needs at least one recipient (an age1… public key); none was given.');
+  const parsed = recipients.map((r) => (typeof r === 'string' ? X25519Recipient.parse(r) : r));
+  const fileKey = randomBytes(FILE_KEY_SIZE);
+  const stanzas: AgeStanza[] = parsed.flatMap((r) => [...r.wrap(fileKey)]);
+  const nonce = randomBytes(NONCE_SIZE);
+  return { preamble: Buffer.concat([encodeHeader(stanzas, fileKey), nonce]), sealer: new Sealer(payloadKey(fileKey, nonce)) };
+}
+
+function toIdentities(identities: readonly IdentityLike[]): AgeIdentity[] {
+  if (identities.length === 0) throw new AgeError('EAI_AGE_NO_KEYS', 'decrypting needs at least one identity (an AGE-SECRET-KEY-1… secret key); none was given.');
+  return identities.map((i) => (typeof i === 'string' ? X25519Identity.parse(i) : i));
+}
+
+function payloadKey(fileKey: Buffer, nonce: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', fileKey, nonce, 'payload', 32));
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/**
+ * Pieces of input held by reference until a chunk's worth is in. A chunk that lies within one
+ * piece is used in place; one that spans pieces is copied into a scratch buffer owned by the
+ * reader and reused for every chunk (node:crypto copies its output anyway, and a fresh buffer per
+ * chunk costs more in page faults and GC than the copy).
+ */
+class Pending {
+  #parts: Buffer[] = [];
+  #scratch: Buffer | undefined;
+  length = 0;
+
+  add(piece: Buffer): void {
+    if (piece.length === 0) return;
+    this.#parts.push(piece);
+    this.length += piece.length;
+  }
+
+  /**
+   * Removes the first `n` bytes and returns them as one buffer, valid until the next call (it
+   * may be the scratch buffer).
+   */
+  take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    const head = this.#parts[0];
+    if (head !== undefined && head.length >= n) {
+      if (head.length === n) this.#parts.shift();
+      else this.#parts[0] = head.subarray(n);
+      this.length -= n;
+      return head.subarray(0, n);
+    }
+    if (this.#scratch === undefined || this.#scratch.length < n) this.#scratch = Buffer.allocUnsafeSlow(Math.max(n, ENC_CHUNK_SIZE));
+    const out = this.#scratch.subarray(0, n);
+    let filled = 0;
+    while (filled < n) {
+      const p = this.#parts[0] as Buffer;
+      const k = Math.min(p.length, n - filled);
+      p.copy(out, filled, 0, k);
+      filled += k;
+      if (k === p.length) this.#parts.shift();
+      else this.#parts[0] = p.subarray(k);
+    }
+    this.length -= n;
+    return out;
+  }
+}
+
+/** STREAM nonce: bytes 0..10 a big-endian chunk counter, byte 11 the last-chunk flag. */
+function chunkNonce(nonce: Buffer, counter: number, last: boolean): Buffer {
+  nonce.writeUIntBE(counter, 5, 6); // bytes 0..4 stay zero: 2^48 chunks is 16 EiB
+  nonce[11] = last ? 1 : 0;
+  return nonce;
+}
+
+class Sealer implements Core {
+  readonly #key: Buffer;
+  readonly #nonce = Buffer.alloc(12);
+  readonly #pending = new Pending();
+  #counter = 0;
+
+  constructor(key: Buffer) {
+    this.#key = key;
+  }
+
+  write(piece: Buffer, emit: Emit): void {
+    this.#pending.add(piece);
+    // A full chunk is sealed as non-final only once a byte beyond it proves more follows, so a
+    // payload of exactly n * 64 KiB ends with a full final chunk, as the spec wants.
+    while (this.#pending.length > CHUNK_SIZE) this.#seal(this.#pending.take(CHUNK_SIZE), false, emit);
+  }
+
+  end(emit: Emit): void {
+    this.#seal(this.#pending.take(this.#pending.length), true, emit);
+  }
+
+  #seal(plain: Buffer, last: boolean, emit: Emit): void {
+    const cipher = createCipheriv(AEAD, this.#key, chunkNonce(this.#nonce, this.#counter++, last), { authTagLength: TAG_SIZE });
+    if (plain.length > 0) emit(cipher.update(plain));
+    cipher.final();
+    emit(cipher.getAuthTag());
+  }
+}
+
+type Phase = 'header' | 'nonce' | 'payload' | 'done';
+
+class Decryptor implements Core {
+  readonly #identities: readonly AgeIdentity[];
+  readonly #maxHeaderBytes: number;
+  readonly #nonce = Buffer.alloc(12);
+  readonly #pending = new Pending();
+  #phase: Phase = 'header';
+  #head: Buffer = Buffer.alloc(0);
+  #fileKey: Buffer = Buffer.alloc(0);
+  #key: Buffer = Buffer.alloc(0);
+  #counter = 0;
+
+  constructor(identities: readonly AgeIdentity[], maxHeaderBytes: number) {
+    this.#identities = identities;
+    this.#maxHeaderBytes = maxHeaderBytes;
+  }
+
+  write(piece: Buffer, emit: Emit): void {
+    if (this.#phase === 'done') {
+      if (piece.length > 0) throw trailing(this.#counter);
+      return;
+    }
+    if (this.#phase === 'header') {
+      const first = this.#head.length === 0;
+      this.#head = first ? piece : Buffer.concat([this.#head, piece]);
+      // Only a new LF can complete a line, so skip the re-parse without one (the first piece is
+      // always parsed, to refuse a file that is not age at once).
+      if (!first && piece.indexOf(0x0a) < 0 && this.#head.length <= this.#maxHeaderBytes) return;
+      const header = parseHeader(this.#head, this.#maxHeaderBytes);
+      if (header === undefined) return;
+      this.#fileKey = this.#openHeader(header);
+      piece = this.#head.subarray(header.length);
+      this.#head = Buffer.alloc(0);
+      this.#phase = 'nonce';
+    }
+    if (this.#phase === 'nonce') {
+      this.#head = this.#head.length === 0 ? piece : Buffer.concat([this.#head, piece]);
+      if (this.#head.length < NONCE_SIZE) return;
+      this.#key = payloadKey(this.#fileKey, this.#head.subarray(0, NONCE_SIZE));
+      piece = this.#head.subarray(NONCE_SIZE);
+      this.#head = Buffer.alloc(0);
+      this.#phase = 'payload';
+    }
+    this.#pending.add(piece);
+    while (this.#pending.length > ENC_CHUNK_SIZE) {
+      const chunk = this.#pending.take(ENC_CHUNK_SIZE);
+      const plain = this.#open(chunk, false);
+      if (plain === undefined) {
+        // A full chunk that opens as the final one, with bytes after it.
+        if (this.#open(chunk, true) !== undefined) throw trailing(this.#counter + 1);
+        throw authFailed(this.#counter);
+      }
+      this.#counter++;
+      emit(plain);
+    }
+  }
+
+  end(emit: Emit): void {
+    if (this.#phase === 'done') return;
+    if (this.#phase !== 'payload') {
+      throw new AgeError('EAI_AGE_TRUNCATED', `the age file ends inside its ${this.#phase === 'header' ? 'header' : 'payload nonce'} (${this.#head.length} bytes read): it was cut short. Fetch it again.`);
+    }
+    const size = this.#pending.length;
+    if (size < TAG_SIZE) throw truncated(this.#counter, size);
+    const chunk = this.#pending.take(size);
+    const plain = this.#open(chunk, true);
+    if (plain === undefined) {
+      // A whole chunk that opens as a non-final one: the file stops at a chunk boundary.
+      if (size === ENC_CHUNK_SIZE && this.#open(chunk, false) !== undefined) throw truncated(this.#counter + 1, 0);
+      throw authFailed(this.#counter);
+    }
+    if (size === TAG_SIZE && this.#counter > 0) {
+      throw new AgeError('EAI_AGE_PAYLOAD_AUTH', `the age payload ends with an empty final chunk after ${this.#counter} full chunks; the format allows an empty final chunk only for an empty payload. The file was not written by a conforming encryptor.`);
+    }
+    this.#counter++;
+    this.#phase = 'done';
+    if (plain.length > 0) emit(plain);
+  }
+
+  #openHeader(header: AgeHeader): Buffer {
+    for (const identity of this.#identities) {
+      const fileKey = identity.unwrap(header.stanzas);
+      if (fileKey !== undefined) {
+        verifyHeaderMac(header, fileKey);
+        return fileKey;
+      }
+    }
+    throw noMatch(header, this.#identities);
+  }
+
+  /** The chunk's plaintext, or `undefined` if its tag does not verify with this flag. */
+  #open(chunk: Buffer, last: boolean): Buffer | undefined {
+    const decipher = createDecipheriv(AEAD, this.#key, chunkNonce(this.#nonce, this.#counter, last), { authTagLength: TAG_SIZE });
+    decipher.setAuthTag(chunk.subarray(chunk.length - TAG_SIZE));
+    const out = decipher.update(chunk.subarray(0, chunk.length - TAG_SIZE));
+    try {
+      decipher.final();
+    } catch {
+      return undefined;
+    }
+    return out;
+  }
+}
+
+function noMatch(header: AgeHeader, identities: readonly AgeIdentity[]): AgeError {
+  const n = header.stanzas.length;
+  const types = [...new Set(header.stanzas.map((s) => s.type))].join(', ');
+  const labels = identities.map((i) => i.label);
+  const who = labels.length === 1 ? `this device's identity ${labels[0]}` : `any of this device's ${labels.length} identities (${labels.join(', ')})`;
+  return new AgeError(
+    'EAI_AGE_NO_MATCH',
+    `not encrypted to this device: the file has ${n} recipient stanza${n === 1 ? '' : 's'} (${types}) and none opens with ${who}. Re-encrypt it adding this device as a recipient (age -r ${labels[0]}), or use the identity it was encrypted to.`,
+    { details: { recipients: n, stanzaTypes: types, identities: labels } },
+  );
+}
+
+function authFailed(chunk: number): AgeError {
+  return new AgeError('EAI_AGE_PAYLOAD_AUTH', `age payload chunk ${chunk} (at plaintext offset ${chunk * CHUNK_SIZE}) failed authentication: the file was altered or cut short. Fetch it again from its source.`, {
+    details: { chunk },
+  });
+}
+
+function truncated(chunks: number, tail: number): AgeError {
+  return new AgeError('EAI_AGE_TRUNCATED', `the age file is truncated: it ends after ${chunks} chunk${chunks === 1 ? '' : 's'}${tail > 0 ? ` and ${tail} stray bytes` : ''} without a final chunk. Fetch it again.`, {
+    details: { chunks, tail },
+  });
+}
+
+function trailing(chunks: number): AgeError {
+  return new AgeError('EAI_AGE_TRAILING_DATA', `the age file has data after its final chunk (chunk ${chunks - 1}): something was appended to it. Fetch it again from its source.`, { details: { chunks } });
+}
