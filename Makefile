@@ -68,6 +68,7 @@ bench: build
 	node dist/bench/scheduler.js
 	node dist/bench/batching.js
 	node dist/bench/failover.js
+	node dist/bench/age-decrypt.js
 	node dist/bench/pipeline-overload.js
 
 lint: node_modules/.installed
