@@ -13,7 +13,8 @@
  *
  * {@link encrypt} and {@link decrypt} run the same code synchronously on a whole buffer.
  */
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+import { hkdfSync, randomBytes } from 'node:crypto';
+import { chaChaPoly, type ChaChaPoly } from '../../../drivers/crypto/chacha20-poly1305.js';
 import { Transform, type TransformCallback } from 'node:stream';
 import { AgeError, encodeHeader, FILE_KEY_SIZE, MAX_HEADER_BYTES, parseHeader, verifyHeaderMac, type AgeHeader, type AgeStanza } from './format.js';
 import { X25519Identity, X25519Recipient, type AgeIdentity, type AgeRecipient } from './keys.js';
@@ -23,7 +24,6 @@ export const CHUNK_SIZE = 64 * 1024;
 const TAG_SIZE = 16;
 const ENC_CHUNK_SIZE = CHUNK_SIZE + TAG_SIZE;
 const NONCE_SIZE = 16;
-const AEAD = 'chacha20-poly1305';
 
 /** Options for decryption. */
 export interface DecryptOptions {
@@ -179,13 +179,13 @@ function chunkNonce(nonce: Buffer, counter: number, last: boolean): Buffer {
 }
 
 class Sealer implements Core {
-  readonly #key: Buffer;
+  readonly #aead: ChaChaPoly;
   readonly #nonce = Buffer.alloc(12);
   readonly #pending = new Pending();
   #counter = 0;
 
   constructor(key: Buffer) {
-    this.#key = key;
+    this.#aead = chaChaPoly(key);
   }
 
   write(piece: Buffer, emit: Emit): void {
@@ -197,13 +197,11 @@ class Sealer implements Core {
 
   end(emit: Emit): void {
     this.#seal(this.#pending.take(this.#pending.length), true, emit);
+    this.#aead.dispose();
   }
 
   #seal(plain: Buffer, last: boolean, emit: Emit): void {
-    const cipher = createCipheriv(AEAD, this.#key, chunkNonce(this.#nonce, this.#counter++, last), { authTagLength: TAG_SIZE });
-    if (plain.length > 0) emit(cipher.update(plain));
-    cipher.final();
-    emit(cipher.getAuthTag());
+    emit(this.#aead.seal(chunkNonce(this.#nonce, this.#counter++, last), plain));
   }
 }
 
@@ -217,7 +215,7 @@ class Decryptor implements Core {
   #phase: Phase = 'header';
   #head: Buffer = Buffer.alloc(0);
   #fileKey: Buffer = Buffer.alloc(0);
-  #key: Buffer = Buffer.alloc(0);
+  #aead: ChaChaPoly | undefined;
   #counter = 0;
 
   constructor(identities: readonly AgeIdentity[], maxHeaderBytes: number) {
@@ -246,7 +244,7 @@ class Decryptor implements Core {
     if (this.#phase === 'nonce') {
       this.#head = this.#head.length === 0 ? piece : Buffer.concat([this.#head, piece]);
       if (this.#head.length < NONCE_SIZE) return;
-      this.#key = payloadKey(this.#fileKey, this.#head.subarray(0, NONCE_SIZE));
+      this.#aead = chaChaPoly(payloadKey(this.#fileKey, this.#head.subarray(0, NONCE_SIZE)));
       piece = this.#head.subarray(NONCE_SIZE);
       this.#head = Buffer.alloc(0);
       this.#phase = 'payload';
@@ -284,6 +282,7 @@ class Decryptor implements Core {
     }
     this.#counter++;
     this.#phase = 'done';
+    this.#aead?.dispose();
     if (plain.length > 0) emit(plain);
   }
 
@@ -300,15 +299,7 @@ class Decryptor implements Core {
 
   /** The chunk's plaintext, or `undefined` if its tag does not verify with this flag. */
   #open(chunk: Buffer, last: boolean): Buffer | undefined {
-    const decipher = createDecipheriv(AEAD, this.#key, chunkNonce(this.#nonce, this.#counter, last), { authTagLength: TAG_SIZE });
-    decipher.setAuthTag(chunk.subarray(chunk.length - TAG_SIZE));
-    const out = decipher.update(chunk.subarray(0, chunk.length - TAG_SIZE));
-    try {
-      decipher.final();
-    } catch {
-      return undefined;
-    }
-    return out;
+    return (this.#aead as ChaChaPoly).open(chunkNonce(this.#nonce, this.#counter, last), chunk);
   }
 }
 
