@@ -69,6 +69,7 @@ bench: build
 	node dist/bench/batching.js
 	node dist/bench/failover.js
 	node dist/bench/age-decrypt.js
+	node dist/bench/bundle-verify.js
 	node dist/bench/pipeline-overload.js
 
 lint: node_modules/.installed
