@@ -1,6 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { isTempOf, writeFileAtomic } from '../atomic-write.js';
 import { canonicalize } from './canonical-json.js';
 import {
   isExpired,
@@ -329,32 +329,10 @@ function record<T>(value: unknown, ok: (v: unknown) => v is T): Record<string, T
 /** Write to a temporary file, fsync, rename over, fsync the directory: old or new after any crash. */
 async function writeState(dir: string, state: State): Promise<void> {
   const file = path.join(dir, STATE_FILE);
-  const temp = path.join(dir, `${STATE_FILE}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   try {
-    const handle = await open(temp, 'wx', 0o600);
-    try {
-      await handle.writeFile(`${JSON.stringify(state, null, 2)}\n`);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, file);
+    await writeFileAtomic(file, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
   } catch (cause) {
-    await rm(temp, { force: true }).catch(() => undefined);
-    throw new TrustError('EAI_TRUST_STATE_WRITE', `cannot save ${file} (${(cause as Error).message}); the previous state is kept. Fix: check that ${dir} is writable and the disk is not full, then retry.`, { cause, details: { dir } });
-  }
-  await syncDir(dir);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  let handle;
-  try {
-    handle = await open(dir, 'r');
-    await handle.sync();
-  } catch {
-    // Some platforms (Windows) cannot open or fsync a directory; the rename is still atomic there.
-  } finally {
-    await handle?.close();
+    throw new TrustError('EAI_TRUST_STATE_WRITE', `cannot save ${file} (${(cause as Error).message}); if the message is about the folder's fsync the new state is in place but may not survive a power cut, otherwise the previous state is kept. Fix: check that ${dir} is writable and the disk is not full, then retry.`, { cause, details: { dir } });
   }
 }
 
@@ -362,7 +340,7 @@ async function removeStaleTemps(dir: string): Promise<void> {
   const names = await readdir(dir).catch(() => [] as string[]);
   const cutoff = Date.now() - STALE_TEMP_MS;
   for (const name of names) {
-    if (!name.startsWith(`${STATE_FILE}.`) || !name.endsWith('.tmp')) continue;
+    if (!isTempOf(name, STATE_FILE)) continue;
     const p = path.join(dir, name);
     const info = await stat(p).catch(() => undefined);
     if (info !== undefined && info.mtimeMs < cutoff) await rm(p, { force: true }).catch(() => undefined);
