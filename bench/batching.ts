@@ -20,6 +20,7 @@ import { readNpy } from '../drivers/tensor/npy.js';
 import { Tensor } from '../drivers/tensor/tensor.js';
 import { Batcher } from '../runtime/inference/batcher.js';
 import { batchLayout } from '../runtime/inference/batching.js';
+import { round } from './stats.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number): number => {
@@ -141,6 +142,3 @@ function at(sorted: readonly number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
 }
 
-function round(x: number, digits = 3): number {
-  return Number(x.toFixed(digits));
-}

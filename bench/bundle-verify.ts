@@ -28,6 +28,7 @@ import { once } from 'node:events';
 import { packBundle, verifyBundle, type FileSink } from '../models/bundle/bundle.js';
 import { fileSource } from '../models/bundle/tar.js';
 import { generateSigningKey } from '../models/keys.js';
+import { median, round } from './stats.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, fallback: number): number => Number(args[args.indexOf(name) + 1] ?? 0) || fallback;
@@ -161,14 +162,4 @@ async function writeRandom(file: string, bytes: number): Promise<void> {
   }
   out.end();
   await once(out, 'finish');
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-}
-
-function round(x: number, digits = 3): number {
-  return Number(x.toFixed(digits));
 }

@@ -12,6 +12,7 @@ import type { Feeds, TensorSpec } from '../drivers/hal/types.js';
 import { Tensor } from '../drivers/tensor/tensor.js';
 import { InferenceService } from '../runtime/inference/inference-service.js';
 import { ResourcePool } from '../runtime/resource-pool.js';
+import { round } from './stats.js';
 
 interface Case {
   readonly label: string;
@@ -93,6 +94,3 @@ function random(dtype: Tensor['dtype'], shape: number[]): Tensor {
   return t;
 }
 
-function round(x: number, digits = 3): number {
-  return Number(x.toFixed(digits));
-}

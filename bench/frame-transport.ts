@@ -26,6 +26,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { measureTransfer } from '../runtime/pipeline/transform-worker.js';
+import { median, round } from './stats.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, fallback: number): number => Number(args[args.indexOf(name) + 1] ?? NaN) || fallback;
@@ -216,16 +217,8 @@ async function streams(senders: Record<Way, Sender>): Promise<Map<Way, number>> 
   return new Map(WAYS.map((w) => [w, (totals.get(w) ?? 0) / (perBlock * BLOCKS)]));
 }
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-}
 
 function mean(xs: readonly number[]): number {
   return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 }
 
-function round(x: number, digits = 3): number {
-  return Number(x.toFixed(digits));
-}

@@ -22,6 +22,7 @@ import type { Feeds } from '../drivers/hal/types.js';
 import { Tensor } from '../drivers/tensor/tensor.js';
 import { InferenceService } from '../runtime/inference/inference-service.js';
 import { ResourcePool } from '../runtime/resource-pool.js';
+import { median, round } from './stats.js';
 
 interface Case {
   readonly label: string;
@@ -95,15 +96,7 @@ async function time(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - t0;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-}
 
-function round(x: number, digits = 3): number {
-  return Number(x.toFixed(digits));
-}
 
 function random(shape: number[]): Tensor<'float32'> {
   const t = Tensor.zeros('float32', shape);

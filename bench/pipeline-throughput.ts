@@ -30,6 +30,7 @@ import { resizeInto } from '../runtime/pipeline/nodes/stages/image-resize.js';
 import { Pipeline } from '../runtime/pipeline/pipeline.js';
 import type { NormalizeOptions } from '../runtime/pipeline/transform-worker.js';
 import { ResourcePool } from '../runtime/resource-pool.js';
+import { round } from './stats.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string, fallback: number): number => Number(args[args.indexOf(name) + 1] ?? NaN) || fallback;
@@ -220,6 +221,3 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function round(x: number, digits = 3): number {
-  return Number(x.toFixed(digits));
-}
