@@ -141,4 +141,3 @@ async function speechRequests(m: LoadedModel): Promise<Feeds[]> {
 function at(sorted: readonly number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
 }
-

@@ -93,4 +93,3 @@ function random(dtype: Tensor['dtype'], shape: number[]): Tensor {
   else if (t.data instanceof Uint8Array || t.data instanceof Int8Array) for (let i = 0; i < t.data.length; i++) t.data[i] = Math.floor(Math.random() * 100);
   return t;
 }
-

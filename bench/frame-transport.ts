@@ -221,4 +221,3 @@ async function streams(senders: Record<Way, Sender>): Promise<Map<Way, number>> 
 function mean(xs: readonly number[]): number {
   return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 }
-

@@ -220,4 +220,3 @@ async function preprocessOnly(frames: number): Promise<{ fps: number }> {
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
-
