@@ -4,6 +4,7 @@ import { bundleCommand } from './commands/bundle.js';
 import { devicesCommand } from './commands/devices.js';
 import { inferCommand } from './commands/infer.js';
 import { keysCommand } from './commands/keys.js';
+import { modelCommand } from './commands/model.js';
 import { powerCommand } from './commands/power.js';
 import { runCommand } from './commands/run.js';
 import { schemaCommand } from './commands/schema.js';
@@ -24,7 +25,7 @@ export function buildProgram(): Command {
     .option('--debug', 'print stack traces and native errors in full')
     .showHelpAfterError('(run with --help for usage)')
     .configureHelp({ sortSubcommands: true });
-  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand(), serveCommand(), keysCommand(), trustCommand(), bundleCommand()]) {
+  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand(), serveCommand(), keysCommand(), trustCommand(), bundleCommand(), modelCommand()]) {
     // Commander's own parse errors (unknown option, missing argument) get the same
     // `error CODE: message` shape as ours, and help goes to stdout.
     for (const c of [command, ...command.commands]) c.exitOverride().configureOutput({ outputError: (text, write) => write(`error EAI_CLI_USAGE: ${text.replace(/^error: /u, '')}`) });
