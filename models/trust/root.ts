@@ -362,6 +362,16 @@ function signatureBytes(sig: Uint8Array | string): Uint8Array | undefined {
   return undefined;
 }
 
+/**
+ * The keys and threshold of `role` in a root, as the bundle and channel verifiers take them
+ * (`SignaturePolicy`). Checks nothing about the root itself: use `TrustStore.policy` on a
+ * device, which refuses an expired root first.
+ */
+export function rolePolicy(signed: RootSigned, role: RoleName): { readonly keys: PublicKey[]; readonly threshold: number } {
+  const spec = signed.roles[role];
+  return { keys: spec.keyids.map((id) => publicKeyFromRaw((signed.keys[id] as RootKey).keyval.public)), threshold: spec.threshold };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Authoring. Each function returns a new root; any change to `signed` drops the signatures.
 

@@ -1,9 +1,11 @@
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { isTempOf, writeFileAtomic } from '../atomic-write.js';
+import type { PublicKey } from '../keys.js';
 import { canonicalize } from './canonical-json.js';
 import {
   isExpired,
+  rolePolicy,
   parseRoot,
   TrustError,
   verifyRoleSignatures,
@@ -153,6 +155,11 @@ export class TrustStore {
    * state as of the last completed change.
    */
   verifyRole(role: RoleName, message: Uint8Array, signatures: readonly RoleSignature[], now: Date = this.now()): RoleVerification {
+    this.refuseExpired(now);
+    return verifyRoleSignatures(this.state.root.signed, role, message, signatures);
+  }
+
+  private refuseExpired(now: Date): void {
     const signed = this.state.root.signed;
     if (isExpired(signed, now)) {
       throw new TrustError(
@@ -161,7 +168,15 @@ export class TrustStore {
         { details: { rootVersion: signed.version, expires: signed.expires, now: now.toISOString() } },
       );
     }
-    return verifyRoleSignatures(signed, role, message, signatures);
+  }
+
+  /**
+   * Who may sign `role` metadata now: the trusted root's keys and threshold for it, as bundle and
+   * channel verifiers take them. Throws `EAI_TRUST_ROOT_EXPIRED` when the root is past its expiry.
+   */
+  policy(role: MetadataRole, now: Date = this.now()): { readonly keys: PublicKey[]; readonly threshold: number } {
+    this.refuseExpired(now);
+    return rolePolicy(this.state.root.signed, role);
   }
 
   /**

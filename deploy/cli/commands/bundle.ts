@@ -8,14 +8,12 @@ import { UsageError } from '../../../drivers/errors.js';
 import { parseIdentityFile, X25519Recipient, type X25519Identity } from '../../../models/bundle/age/keys.js';
 import { createDecryptStream, createEncryptStream } from '../../../models/bundle/age/stream.js';
 import { extractBundle, inspectBundle, packBundle, signBundle, verifyBundle, type DecryptFactory, type VerifiedBundle } from '../../../models/bundle/bundle.js';
-import type { SignaturePolicy } from '../../../models/bundle/dsse.js';
 import type { ModelMetadata } from '../../../models/bundle/manifest.js';
 import { fileSource, REUSES_BUFFERS, type ReusingSource } from '../../../models/bundle/tar.js';
-import { privateKeyFromPem, publicKeyFromPem, publicKeyFromRaw, type PublicKey } from '../../../models/keys.js';
-import { parseRoot, verifyRoot } from '../../../models/trust/root.js';
-import { TrustStore } from '../../../models/trust/trust-store.js';
+import { privateKeyFromPem } from '../../../models/keys.js';
 import { positiveInt } from '../args.js';
 import { table } from '../format.js';
+import { signingPolicy } from '../signing-policy.js';
 
 const DEFAULT_TRUST = process.env['AIOS_TRUST_DIR'] ?? '/var/lib/aios/trust';
 
@@ -85,7 +83,7 @@ Example:
     .option('--root <root.json>', "verify the input against this trust root's models role")
     .option('--signer <key.pub>', 'verify the input against this public key instead; repeat', collect, [])
     .action(async (file: string, o: PolicyOptions & { to: string[]; key: string[]; out: string }) => {
-      const policy = await policyFrom(o);
+      const policy = await signingPolicy(o, DEFAULT_TRUST);
       const recipients = o.to.map((r) => X25519Recipient.parse(r));
       const keys = await Promise.all(o.key.map(async (k) => privateKeyFromPem(await readFile(k), k)));
       const work = await mkdtemp(path.join(os.tmpdir(), 'aios-encrypt-'));
@@ -114,7 +112,7 @@ Example:
     .argument('<bundle>')
     .option('--json', 'print { statement, signedBy } as JSON')
     .action(async (file: string, o: PolicyOptions & { identity?: string; json?: boolean }) => {
-      const verified = await verifyBundle(progress(file), await policyFrom(o), { ...(await decryptFrom(o.identity)), onFile: (_f, content) => void content.resume() });
+      const verified = await verifyBundle(progress(file), await signingPolicy(o, DEFAULT_TRUST), { ...(await decryptFrom(o.identity)), onFile: (_f, content) => void content.resume() });
       if (o.json === true) process.stdout.write(`${JSON.stringify({ statement: verified.statement, signedBy: verified.signedBy })}\n`);
       else process.stdout.write(describe(verified, file, 'verified'));
     });
@@ -124,7 +122,7 @@ Example:
     .argument('<bundle>')
     .argument('<dir>', 'a folder that does not exist yet')
     .action(async (file: string, dir: string, o: PolicyOptions & { identity?: string }) => {
-      const verified = await extractBundle(progress(file), await policyFrom(o), dir, await decryptFrom(o.identity));
+      const verified = await extractBundle(progress(file), await signingPolicy(o, DEFAULT_TRUST), dir, await decryptFrom(o.identity));
       process.stdout.write(describe(verified, file, `verified and extracted to ${dir}`));
     });
 
@@ -154,26 +152,6 @@ function describe(verified: VerifiedBundle, file: string, what: string): string 
 
 function filesTable(files: readonly { path: string; size: number; sha256: string; encrypted?: { recipients: number } }[]): string {
   return table(['FILE', 'SIZE', 'SHA-256', 'ENCRYPTED'], files.map((f) => [f.path, String(f.size), `${f.sha256.slice(0, 16)}…`, f.encrypted === undefined ? '-' : `${f.encrypted.recipients} device(s)`]));
-}
-
-/** The signing policy: the models role of a trust folder or root file, or explicit keys. */
-async function policyFrom(o: PolicyOptions): Promise<SignaturePolicy> {
-  const given = [o.trust !== undefined, o.root !== undefined, o.signer.length > 0].filter(Boolean).length;
-  if (given > 1) throw new UsageError('EAI_CLI_USAGE', 'give one of --trust, --root or --signer.');
-  if (o.signer.length > 0) {
-    const keys: PublicKey[] = await Promise.all(o.signer.map(async (k) => publicKeyFromPem(await readFile(k), k)));
-    return { keys, threshold: o.threshold ?? 1 };
-  }
-  let signed;
-  if (o.root !== undefined) {
-    const root = parseRoot(await readFile(o.root), o.root);
-    verifyRoot(root);
-    signed = root.signed;
-  } else {
-    signed = (await TrustStore.open(o.trust ?? DEFAULT_TRUST)).root.signed;
-  }
-  const role = signed.roles.models;
-  return { keys: role.keyids.map((id) => publicKeyFromRaw((signed.keys[id] as { keyval: { public: string } }).keyval.public)), threshold: role.threshold };
 }
 
 async function decryptFrom(identityFile: string | undefined): Promise<{ decrypt?: DecryptFactory }> {

@@ -2,14 +2,12 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { UsageError } from '../../../drivers/errors.js';
-import type { SignaturePolicy } from '../../../models/bundle/dsse.js';
-import { privateKeyFromPem, publicKeyFromPem, publicKeyFromRaw, type PublicKey } from '../../../models/keys.js';
+import { privateKeyFromPem } from '../../../models/keys.js';
 import type { VersionDiff } from '../../../models/registry/diff.js';
 import { Registry, type ChannelInfo } from '../../../models/registry/registry.js';
-import { parseRoot, verifyRoot } from '../../../models/trust/root.js';
-import { TrustStore } from '../../../models/trust/trust-store.js';
 import { positiveInt } from '../args.js';
 import { formatBytes, table } from '../format.js';
+import { signingPolicy } from '../signing-policy.js';
 
 interface Common {
   registry?: string;
@@ -35,7 +33,7 @@ export function modelCommand(): Command {
     .addOption(new Option('--threshold <n>', 'signatures needed with --signer').argParser(positiveInt('--threshold')))
     .option('--json', 'print the result as JSON')
     .action(async (bundle: string, o: Common & { trust?: string; root?: string; signer: string[]; threshold?: number }) => {
-      const policy = await policyFrom(o);
+      const policy = await signingPolicy(o);
       await withRegistry(o, async (reg) => {
         const r = await reg.push(bundle, policy);
         if (o.json === true) return print(r);
@@ -198,22 +196,3 @@ function expiresOption(value: string | undefined): { expires?: Date } {
   return { expires: new Date(t) };
 }
 
-/** Who may sign pushed bundles: a trust folder's or root file's models role, or keys given by hand. */
-async function policyFrom(o: { trust?: string; root?: string; signer: string[]; threshold?: number }): Promise<SignaturePolicy> {
-  const given = [o.trust !== undefined, o.root !== undefined, o.signer.length > 0].filter(Boolean).length;
-  if (given !== 1) throw new UsageError('EAI_CLI_USAGE', 'give exactly one of --trust DIR, --root root.json or --signer key.pub: the registry stores only bundles it verified.');
-  if (o.signer.length > 0) {
-    const keys: PublicKey[] = await Promise.all(o.signer.map(async (k) => publicKeyFromPem(await readFile(k), k)));
-    return { keys, threshold: o.threshold ?? 1 };
-  }
-  let signed;
-  if (o.root !== undefined) {
-    const root = parseRoot(await readFile(o.root), o.root);
-    verifyRoot(root);
-    signed = root.signed;
-  } else {
-    signed = (await TrustStore.open(o.trust as string)).root.signed;
-  }
-  const role = signed.roles.models;
-  return { keys: role.keyids.map((id) => publicKeyFromRaw((signed.keys[id] as { keyval: { public: string } }).keyval.public)), threshold: role.threshold };
-}

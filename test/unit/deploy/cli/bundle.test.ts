@@ -69,6 +69,23 @@ describe('aios bundle, from keys to a device', () => {
     expect(wrongSigner.stderr).toMatch(/^error EAI_BUNDLE_SIGNATURE_UNKNOWN_KEY/u);
   });
 
+  it('is refused once the signing key is revoked by a root rotation, and while the trusted root is expired', async () => {
+    // Rotate robot-7's trust to a root without release-1 in the models role (release-2 replaces it).
+    expect((await aios('trust', 'add-key', at('root.json'), '--role', 'models', '--key', at('keys/release-2.pub'), '--out', at('2.root.json'))).code).toBe(0);
+    expect((await aios('trust', 'remove-key', at('2.root.json'), '--role', 'models', '--key', at('keys/release-1.pub'), '--out', at('3.root.json'))).code).toBe(0);
+    for (const v of ['2', '3']) await aios('trust', 'sign', at(`${v}.root.json`), '--key', at('keys/root-1.pem'));
+    await aios('trust', 'install', '--dir', at('robot-9/trust'), at('root.json'));
+    expect((await aios('bundle', 'verify', at('face.bundle'), '--trust', at('robot-9/trust'))).code).toBe(0);
+    expect((await aios('trust', 'rotate', '--dir', at('robot-9/trust'), at('2.root.json'), at('3.root.json'))).stdout).toBe('root v1 -> v3\n');
+    expect((await aios('bundle', 'verify', at('face.bundle'), '--trust', at('robot-9/trust'))).stderr).toMatch(/^error EAI_BUNDLE_SIGNATURE_UNKNOWN_KEY/u);
+
+    // A device whose root expired (offline too long) trusts nothing until the successor arrives.
+    await aios('trust', 'init', '--out', at('old-root.json'), '--root', at('keys/root-1.pub'), '--models', at('keys/release-1.pub'), '--deploy', at('keys/ops-1.pub'), '--expires', '2020-01-01T00:00:00Z', '--sign', at('keys/root-1.pem'));
+    await aios('trust', 'install', '--dir', at('robot-10/trust'), at('old-root.json'));
+    expect((await aios('bundle', 'verify', at('face.bundle'), '--trust', at('robot-10/trust'))).stderr).toMatch(/^error EAI_TRUST_ROOT_EXPIRED/u);
+    expect((await aios('bundle', 'verify', at('face.bundle'), '--root', at('old-root.json'))).stderr).toMatch(/^error EAI_TRUST_ROOT_EXPIRED/u);
+  });
+
   it('takes a second signature for a two-of-two policy', async () => {
     expect((await aios('bundle', 'pack', '--metadata', at('face.yaml'), '--file', `face.onnx=${MODEL}`, '--key', at('keys/release-1.pem'), '--out', at('plain.bundle'))).stderr).toBe('');
     // The entry the metadata names must be one of the files.

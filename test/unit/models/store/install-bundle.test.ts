@@ -2,7 +2,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { AiosError } from '../../../../drivers/errors.js';
 import { X25519Identity } from '../../../../models/bundle/age/keys.js';
 import { createDecryptStream, createEncryptStream } from '../../../../models/bundle/age/stream.js';
 import { packBundle } from '../../../../models/bundle/bundle.js';
@@ -57,5 +59,28 @@ describe('installing a verified bundle into the model store', () => {
     const slot = await installBundle(store, () => Readable.from(v2), policy);
     expect(slot.entry).toBe('face.onnx.age');
     expect(readFileSync(path.join(slot.dir, 'face.onnx.age')).subarray(0, 21).toString()).toBe('age-encryption.org/v1');
+  });
+
+  it('never installs a corrupted bundle: any flipped byte or cut is refused and the active version stays whole', async () => {
+    const store = await ModelStore.open(path.join(tmp, 'property'));
+    const decrypt = (): ReturnType<typeof createDecryptStream> => createDecryptStream([device]);
+    await installBundle(store, () => Readable.from(v2), policy, { decrypt });
+    const good = await bundle('2.0.0');
+    await fc.assert(
+      fc.asyncProperty(fc.nat({ max: good.length - 1 }), fc.integer({ min: 1, max: 255 }), fc.boolean(), async (at, xor, cut) => {
+        const bad = cut ? good.subarray(0, at) : Buffer.from(good);
+        if (!cut) bad[at] = (bad[at] as number) ^ xor;
+        const error = await installBundle(store, () => Readable.from(bad), policy, { decrypt }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(error).toBeInstanceOf(AiosError);
+        const [entry] = await store.list();
+        expect(entry?.active?.version).toBe('1.3.0');
+        expect(entry?.inactive ?? []).toEqual([]);
+      }),
+      { numRuns: 40 },
+    );
+    expect(await store.check('blazeface-front')).toMatchObject({ version: '1.3.0' });
   });
 });
