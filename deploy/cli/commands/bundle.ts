@@ -56,7 +56,7 @@ Example:
       const recipients = [...o.to, ...(o.toFile === undefined ? [] : await recipientLines(o.toFile))].map((r) => X25519Recipient.parse(r));
       const keys = await Promise.all(o.key.map(async (k) => privateKeyFromPem(await readFile(k), k)));
       const encryptTo = recipients.length === 0 ? {} : { encryptTo: { recipients: recipients.length, createEncryptStream: () => createEncryptStream(recipients) } };
-      const statement = await writeAtomically(o.out, (out) => packBundle({ metadata, files: files.map((f) => ({ ...f, encrypt: recipients.length > 0 })), keys, ...encryptTo }, out));
+      const statement = await writeAtomically(o.out, (out) => packBundle({ metadata, files: files.map((f) => ({ ...f, encrypt: recipients.length > 0 })), keys, ...encryptTo }, out), await totalSize(files));
       if (o.json === true) process.stdout.write(`${JSON.stringify(statement)}\n`);
       else process.stdout.write(`wrote ${o.out}: ${statement.predicate.name} ${statement.predicate.version}, ${statement.predicate.files.length} file(s)${recipients.length > 0 ? `, encrypted to ${recipients.length} device(s)` : ''}, signed by ${keys.map((k) => k.keyid.slice(0, 12)).join(', ')}\n`);
     });
@@ -92,7 +92,8 @@ Example:
         const verified = await extractBundle(progress(file), policy, dir);
         const { files: entries, ...rest } = verified.statement.predicate;
         const metadata = rest as ModelMetadata;
-        await writeAtomically(o.out, (out) => packBundle({ metadata, files: entries.map((f) => ({ path: f.path, source: path.join(dir, f.path), encrypt: true })), keys, encryptTo: { recipients: recipients.length, createEncryptStream: () => createEncryptStream(recipients) } }, out));
+        const sources = entries.map((f) => ({ path: f.path, source: path.join(dir, f.path), encrypt: true }));
+        await writeAtomically(o.out, (out) => packBundle({ metadata, files: sources, keys, encryptTo: { recipients: recipients.length, createEncryptStream: () => createEncryptStream(recipients) } }, out), await totalSize(sources));
       } finally {
         await rm(work, { recursive: true, force: true });
       }
@@ -173,14 +174,20 @@ async function recipientLines(file: string): Promise<string[]> {
   return (await readFile(file, 'utf8')).split(/\r?\n/u).map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
 }
 
-/** Writes through a temp file renamed into place, so a failed pack leaves no half bundle. */
-async function writeAtomically<T>(file: string, write: (out: NodeJS.WritableStream & import('node:stream').Writable) => Promise<T>): Promise<T> {
+/**
+ * Writes through a temp file renamed into place, so a failed pack leaves no half bundle. On a
+ * terminal, for inputs over 64 MB (`expectBytes`: the model files' total size), a progress line
+ * follows the bytes written.
+ */
+async function writeAtomically<T>(file: string, write: (out: NodeJS.WritableStream & import('node:stream').Writable) => Promise<T>, expectBytes = 0): Promise<T> {
   const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
   const out = createWriteStream(temp, { mode: 0o644 });
   const closed = new Promise<void>((resolve, reject) => {
     out.once('close', resolve);
     out.once('error', reject);
   });
+  const show = process.stderr.isTTY === true && expectBytes > 64 * 1024 * 1024;
+  const ticker = show ? setInterval(() => process.stderr.write(`\r${path.basename(file)}: ${Math.min(100, (100 * out.bytesWritten) / expectBytes).toFixed(0)} % of ${(expectBytes / 1e6).toFixed(0)} MB`), 250) : undefined;
   try {
     const result = await write(out);
     await closed;
@@ -190,7 +197,16 @@ async function writeAtomically<T>(file: string, write: (out: NodeJS.WritableStre
     out.destroy();
     await rm(temp, { force: true });
     throw error;
+  } finally {
+    clearInterval(ticker);
+    if (show) process.stderr.write('\n');
   }
+}
+
+/** Total size of the files a pack reads, for its progress line. */
+async function totalSize(files: readonly { source: string }[]): Promise<number> {
+  const sizes = await Promise.all(files.map(async (f) => (await stat(f.source).catch(() => ({ size: 0 }))).size));
+  return sizes.reduce((a, b) => a + b, 0);
 }
 
 /** A bundle file's bytes, with a progress line on a terminal for big bundles. */
