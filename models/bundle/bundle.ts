@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { PassThrough, Readable, Transform, pipeline, type Duplex, type TransformCallback, type Writable } from 'node:stream';
+import { PassThrough, Readable, pipeline, type Duplex, type Writable } from 'node:stream';
 import { pipeline as pipelineAsync } from 'node:stream/promises';
 import { AiosError } from '../../drivers/errors.js';
 import type { SigningKey } from '../keys.js';
@@ -27,6 +27,7 @@ import { addSignature, checkPolicy, decodeBase64, encodeEnvelope, parseEnvelope,
 import { BundleError } from './errors.js';
 import { buildStatement, checkPath, checkStatement, ENVELOPE_ENTRY, entryName, parseManifest, type BundleFile, type ModelMetadata, type ModelStatement } from './manifest.js';
 import { encodeHeader, endOfArchive, fileSource, padding, TarReader, type TarHeader } from './tar.js';
+import { DigestMeter } from '../digest-meter.js';
 
 /** The largest envelope a verifier reads: bounds memory before anything is trusted. */
 export const MAX_ENVELOPE_BYTES = 1024 * 1024;
@@ -120,8 +121,8 @@ async function pack(options: PackOptions, out: Writable): Promise<ModelStatement
       }
       if (options.encryptTo === undefined) throw packInput(`'${f.path}' asks for encryption but no encryptTo was given`);
       const cipherFile = path.join(tmp, `${i}.age`);
-      const plain = new Meter();
-      const cipher = new Meter();
+      const plain = new DigestMeter();
+      const cipher = new DigestMeter();
       await pipelineAsync(createSourceStream(f.source), plain, options.encryptTo.createEncryptStream(), cipher, createWriteStream(cipherFile, { mode: 0o600 })).catch(sourceError(f.source));
       stored.push({ file: { path: f.path, ...plain.result(), encrypted: { recipients: options.encryptTo.recipients, ...cipher.result() } }, from: cipherFile });
     }
@@ -488,21 +489,6 @@ async function measure(file: string): Promise<{ size: number; sha256: string }> 
   return { size, sha256: hash.digest('hex') };
 }
 
-/** A Transform that passes bytes through unchanged, hashing and counting them. */
-class Meter extends Transform {
-  readonly #hash = createHash('sha256');
-  #size = 0;
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.#hash.update(chunk);
-    this.#size += chunk.length;
-    callback(null, chunk);
-  }
-
-  result(): { size: number; sha256: string } {
-    return { size: this.#size, sha256: this.#hash.digest('hex') };
-  }
-}
 
 function sourceError(file: string): (error: unknown) => never {
   return (error) => {

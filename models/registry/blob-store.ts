@@ -18,10 +18,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { syncDir } from '../atomic-write.js';
 import { RegistryError, registryIo } from './errors.js';
+import { DigestMeter } from '../digest-meter.js';
 
 const DIGEST = /^[0-9a-f]{64}$/u;
 
@@ -98,7 +99,7 @@ export class BlobStore {
   async stage(content: AsyncIterable<Uint8Array> | Uint8Array | { readonly file: string }, expect?: string): Promise<StagedBlob> {
     if (expect !== undefined) checkDigest(expect);
     const temp = path.join(this.root, 'tmp', `blob-${process.pid}-${randomBytes(6).toString('hex')}`);
-    const meter = new Meter();
+    const meter = new DigestMeter();
     const source: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = content instanceof Uint8Array ? [content] : 'file' in content ? createReadStream(content.file) : content;
     const out = createWriteStream(temp, { flags: 'wx', mode: 0o644 });
     try {
@@ -114,7 +115,7 @@ export class BlobStore {
       if (cause instanceof RegistryError || (cause instanceof Error && 'code' in cause && typeof cause.code === 'string' && cause.code.startsWith('EAI_'))) throw cause;
       throw registryIo('write a blob', cause);
     }
-    const { digest, size } = meter.result();
+    const { sha256: digest, size } = meter.result();
     if (expect !== undefined && digest !== expect) {
       await fs.rm(temp, { force: true });
       throw new RegistryError('EAI_REGISTRY_BLOB_DIGEST', `a blob expected to have SHA-256 ${expect} has ${digest}; it was not stored. The source changed while it was read, or is not what it claims to be.`, { details: { expected: expect, actual: digest } });
@@ -224,18 +225,3 @@ function missing(digest: string, cause?: unknown): RegistryError {
   return new RegistryError('EAI_REGISTRY_BLOB_MISSING', `blob ${digest} is not in the registry's blob store: it was removed by hand or the store is damaged. Fix: push the bundle that holds it again.`, { ...(cause === undefined ? {} : { cause }), details: { digest } });
 }
 
-/** Passes bytes through, hashing and counting them. */
-class Meter extends Transform {
-  readonly #hash = createHash('sha256');
-  #size = 0;
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.#hash.update(chunk);
-    this.#size += chunk.length;
-    callback(null, chunk);
-  }
-
-  result(): { digest: string; size: number } {
-    return { digest: this.#hash.digest('hex'), size: this.#size };
-  }
-}

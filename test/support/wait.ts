@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -39,4 +40,19 @@ export async function waitForPort(port: number, timeoutMs = 10_000): Promise<voi
       }),
     timeoutMs,
   );
+}
+
+/** A Mosquitto broker a test started on a free loopback port. */
+export interface Mosquitto {
+  readonly port: number;
+  readonly url: string;
+  stop(): void;
+}
+
+/** Starts `mosquitto` (the binary's path, from findBinary) on a free port and waits until it accepts connections. */
+export async function startMosquitto(binary: string): Promise<Mosquitto> {
+  const port = await freePort();
+  const child = spawn(binary, ['-p', String(port)], { stdio: 'ignore' });
+  await waitForPort(port);
+  return { port, url: `mqtt://127.0.0.1:${port}`, stop: () => void child.kill('SIGTERM') };
 }

@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { connectAsync, type MqttClient } from 'mqtt';
@@ -6,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { VLP16_PACKET_BYTES, Vlp16Assembler, checkVlp16Packet, topOfHourToNs, type Revolution } from '../../../drivers/sensors/velodyne.js';
 import { Pipeline } from '../../../runtime/pipeline/pipeline.js';
-import { findBinary, freePort, until, waitForPort } from '../../support/wait.js';
+import { findBinary, startMosquitto, until, type Mosquitto } from '../../support/wait.js';
 
 const repo = path.resolve(import.meta.dirname, '../../..');
 const example = path.join(repo, 'examples/pipelines/lidar-obstacles.yaml');
@@ -29,22 +28,21 @@ interface Obstacle {
 }
 
 describe.skipIf(mosquitto === undefined)('examples/pipelines/lidar-obstacles.yaml', () => {
-  let broker: ChildProcess;
+  let broker: Mosquitto | undefined;
   let port: number;
   let subscriber: MqttClient;
   const received: { topic: string; payload: { time: string; origin: string; seq: number; port: string; value: Obstacle } }[] = [];
 
   beforeAll(async () => {
-    port = await freePort();
-    broker = spawn(mosquitto as string, ['-p', String(port)], { stdio: 'ignore' });
-    await waitForPort(port);
+    broker = await startMosquitto(mosquitto as string);
+    port = broker.port;
     subscriber = await connectAsync(`mqtt://127.0.0.1:${port}`);
     subscriber.on('message', (topic, payload) => received.push({ topic, payload: JSON.parse(payload.toString()) as (typeof received)[number]['payload'] }));
     await subscriber.subscribeAsync('aios/demo/#', { qos: 1 });
   });
   afterAll(async () => {
     await subscriber?.endAsync();
-    broker?.kill('SIGTERM');
+    broker?.stop();
   });
 
   it('publishes, per revolution of the real recording, the nearest obstacle ahead exactly as decoding the packets directly finds it', async () => {

@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,7 +9,7 @@ import { AiosError } from '../../../../drivers/errors.js';
 import { readNpy } from '../../../../drivers/tensor/npy.js';
 import { Tensor } from '../../../../drivers/tensor/tensor.js';
 import type { PeerError } from '../../../../runtime/inference/peers.js';
-import { findBinary, freePort, until, waitForPort } from '../../../support/wait.js';
+import { findBinary, freePort, startMosquitto, until, type Mosquitto } from '../../../support/wait.js';
 
 const repo = path.resolve(import.meta.dirname, '../../../..');
 const MODEL = path.join(repo, 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx');
@@ -39,22 +38,21 @@ function serve(args: string[], stop: AbortController, onReady?: (t: MqttPeerTran
 afterEach(() => vi.restoreAllMocks());
 
 describe.skipIf(mosquitto === undefined)('aios serve', () => {
-  let broker: ChildProcess;
+  let broker: Mosquitto | undefined;
   let port: number;
   let dir: string;
   let requester: MqttClient;
 
   beforeAll(async () => {
-    port = await freePort();
-    broker = spawn(mosquitto as string, ['-p', String(port)], { stdio: 'ignore' });
+    broker = await startMosquitto(mosquitto as string);
+    port = broker.port;
     dir = await mkdtemp(path.join(tmpdir(), 'aios-serve-'));
     await writeFile(path.join(dir, 'password'), `${SECRET}\n`);
-    await waitForPort(port);
     requester = await connectAsync(`mqtt://127.0.0.1:${port}`, { protocolVersion: 5 });
   });
   afterAll(async () => {
     await requester?.endAsync();
-    broker?.kill('SIGTERM');
+    broker?.stop();
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 

@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import fc from 'fast-check';
 import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
@@ -10,7 +10,7 @@ import { MqttPeerTransport, fromWireTensor, requestTopic, toWireTensor, type Mqt
 import { aios } from '../../../../deploy/proto/gen/aios.js';
 import { InferenceService } from '../../../../runtime/inference/inference-service.js';
 import { PeerError, type PeerHandler } from '../../../../runtime/inference/peers.js';
-import { findBinary, freePort, until, waitForPort } from '../../../support/wait.js';
+import { findBinary, startMosquitto, until, type Mosquitto } from '../../../support/wait.js';
 
 /**
  * Two or three "agents" (separate MQTT clients, each with its own transport) on a real Mosquitto
@@ -28,7 +28,7 @@ if (mosquitto === undefined) console.warn('MQTT peer transport tests skipped: mo
 if (protoc === undefined) console.warn('protoc --decode check skipped: protoc is not installed (apt-get install -y protobuf-compiler)');
 
 describe.skipIf(mosquitto === undefined)('MqttPeerTransport against Mosquitto', () => {
-  let broker: ChildProcess;
+  let broker: Mosquitto | undefined;
   let url: string;
   let service: InferenceService;
   let feeds: Feeds;
@@ -56,17 +56,16 @@ describe.skipIf(mosquitto === undefined)('MqttPeerTransport against Mosquitto', 
   }
 
   beforeAll(async () => {
-    const port = await freePort();
-    url = `mqtt://127.0.0.1:${port}`;
-    broker = spawn(mosquitto as string, ['-p', String(port)], { stdio: 'ignore' });
+    broker = await startMosquitto(mosquitto as string);
+    url = broker.url;
     service = new InferenceService(MODEL, { devices: ['cpu'], threads: 1 });
-    const [input] = await Promise.all([readNpy(INPUT), service.start(), waitForPort(port)]);
+    const [input] = await Promise.all([readNpy(INPUT), service.start()]);
     feeds = { [service.inputs[0]?.name as string]: input };
     local = await service.infer(feeds);
   });
   afterAll(async () => {
     await service?.stop();
-    broker?.kill('SIGTERM');
+    broker?.stop();
   });
   afterEach(async () => {
     await Promise.all(transports.splice(0).map((t) => t.close()));

@@ -1,11 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { connectAsync, type MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor } from '../../../../../../drivers/tensor/tensor.js';
 import { mqttSink } from '../../../../../../runtime/pipeline/nodes/sinks/mqtt.js';
 import { T0, envelope, startSink } from './sink-context.js';
-import { findBinary, freePort, until, waitForPort } from '../../../../../support/wait.js';
+import { findBinary, freePort, startMosquitto, until, type Mosquitto } from '../../../../../support/wait.js';
 
 /**
  * Against a real Mosquitto (Debian: apt-get install mosquitto mosquitto-clients), started here on
@@ -17,22 +17,21 @@ const mosquittoSub = findBinary('mosquitto_sub');
 if (mosquitto === undefined) console.warn('mqtt sink tests skipped: mosquitto is not installed (apt-get install -y mosquitto mosquitto-clients)');
 
 describe.skipIf(mosquitto === undefined)('mqtt sink against Mosquitto', () => {
-  let broker: ChildProcess;
+  let broker: Mosquitto | undefined;
   let port: number;
   let subscriber: MqttClient;
   const received: { topic: string; payload: { time: string; origin: string; seq: number; port: string; value: unknown } }[] = [];
 
   beforeAll(async () => {
-    port = await freePort();
-    broker = spawn(mosquitto as string, ['-p', String(port)], { stdio: 'ignore' });
-    await waitForPort(port);
+    broker = await startMosquitto(mosquitto as string);
+    port = broker.port;
     subscriber = await connectAsync(`mqtt://127.0.0.1:${port}`);
     subscriber.on('message', (topic, payload) => received.push({ topic, payload: JSON.parse(payload.toString()) as (typeof received)[number]['payload'] }));
     await subscriber.subscribeAsync('aios/#', { qos: 1 });
   });
   afterAll(async () => {
     await subscriber?.endAsync();
-    broker?.kill('SIGTERM');
+    broker?.stop();
   });
   afterEach(() => {
     received.length = 0;
