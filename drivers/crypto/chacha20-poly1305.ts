@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { createCipheriv, createDecipheriv, type DecipherChaCha20Poly1305 } from 'node:crypto';
 import { createRequire } from 'node:module';
 
 /**
@@ -18,6 +18,25 @@ export interface ChaChaPoly {
   seal(nonce: Buffer, plain: Buffer): Buffer;
   /** The plaintext of `sealed` (ciphertext || tag), or undefined when the tag does not verify. */
   open(nonce: Buffer, sealed: Buffer): Buffer | undefined;
+  /**
+   * Starts opening one message whose ciphertext arrives in parts: then {@link decryptPart} for
+   * each part in order and {@link finishOpen} with the tag. Lets a reader decrypt straight out of
+   * the buffers its input arrived in, never gathering a chunk that spans two of them.
+   */
+  beginOpen(nonce: Buffer): void;
+  /** Decrypts the next `part` of the message into `out` (`part.length` bytes; may be `part` itself). */
+  decryptPart(part: Buffer, out: Buffer): void;
+  /**
+   * Whether the message's `tag` verifies. Until it has, the plaintext written by decryptPart is
+   * unauthenticated and must not be used.
+   */
+  finishOpen(tag: Buffer): boolean;
+  /**
+   * XORs `bytes` in place with the message keystream for `nonce` (what sealing does, without the
+   * tag): turns the plaintext decryptPart wrote back into the ciphertext it came from, so a
+   * message opened under the wrong nonce can be opened again without having kept its ciphertext.
+   */
+  applyKeystream(nonce: Buffer, bytes: Buffer): void;
   /** Frees native state; later calls fail. Also done by the collector if forgotten. */
   dispose(): void;
 }
@@ -36,6 +55,7 @@ export function chaChaPoly(key: Buffer, backend: 'auto' | 'libcrypto' | 'node' =
 }
 
 function nodeChaCha(key: Buffer): ChaChaPoly {
+  let opening: DecipherChaCha20Poly1305 | undefined;
   return {
     backend: 'node',
     seal(nonce, plain) {
@@ -46,15 +66,33 @@ function nodeChaCha(key: Buffer): ChaChaPoly {
     },
     open(nonce, sealed) {
       if (sealed.length < TAG) return undefined;
-      const decipher = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG });
-      decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
-      const out = decipher.update(sealed.subarray(0, sealed.length - TAG));
+      const out = Buffer.allocUnsafe(sealed.length - TAG);
+      this.beginOpen(nonce);
+      this.decryptPart(sealed.subarray(0, out.length), out);
+      return this.finishOpen(sealed.subarray(out.length)) ? out : undefined;
+    },
+    beginOpen(nonce) {
+      opening = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG });
+    },
+    decryptPart(part, out) {
+      if (opening === undefined) throw new Error('decryptPart() before beginOpen()');
+      if (part.length > 0) opening.update(part).copy(out);
+    },
+    finishOpen(tag) {
+      if (opening === undefined) throw new Error('finishOpen() before beginOpen()');
+      const d = opening;
+      opening = undefined;
+      if (tag.length !== TAG) return false;
+      d.setAuthTag(tag);
       try {
-        decipher.final();
+        d.final();
+        return true;
       } catch {
-        return undefined;
+        return false;
       }
-      return out;
+    },
+    applyKeystream(nonce, bytes) {
+      if (bytes.length > 0) createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG }).update(bytes).copy(bytes);
     },
     dispose() {},
   };
@@ -67,10 +105,10 @@ interface Evp {
   encryptInit(ctx: unknown, cipher: unknown, impl: null, key: Buffer | null, iv: Buffer | null): number;
   decryptInit(ctx: unknown, cipher: unknown, impl: null, key: Buffer | null, iv: Buffer | null): number;
   ctrl(ctx: unknown, type: number, arg: number, ptr: Buffer | null): number;
-  encryptUpdate(ctx: unknown, out: Buffer, outl: number[], input: Buffer, inl: number): number;
-  decryptUpdate(ctx: unknown, out: Buffer, outl: number[], input: Buffer, inl: number): number;
-  encryptFinal(ctx: unknown, out: Buffer, outl: number[]): number;
-  decryptFinal(ctx: unknown, out: Buffer, outl: number[]): number;
+  encryptUpdate(ctx: unknown, out: Buffer, outl: Int32Array, input: Buffer, inl: number): number;
+  decryptUpdate(ctx: unknown, out: Buffer, outl: Int32Array, input: Buffer, inl: number): number;
+  encryptFinal(ctx: unknown, out: Buffer, outl: Int32Array): number;
+  decryptFinal(ctx: unknown, out: Buffer, outl: Int32Array): number;
 }
 
 // EVP_CTRL_AEAD_GET_TAG / EVP_CTRL_AEAD_SET_TAG (openssl/evp.h).
@@ -87,8 +125,9 @@ function libcrypto(): Evp | undefined {
     const lib = koffi.load('libcrypto.so.3');
     const chacha = lib.func('void* EVP_chacha20_poly1305()') as () => unknown;
     const init = (name: string): Evp['encryptInit'] => lib.func(`int ${name}(void* ctx, void* cipher, void* impl, const uint8_t* key, const uint8_t* iv)`) as Evp['encryptInit'];
-    const update = (name: string): Evp['encryptUpdate'] => lib.func(`int ${name}(void* ctx, uint8_t* out, _Out_ int* outl, const uint8_t* in, int inl)`) as Evp['encryptUpdate'];
-    const final = (name: string): Evp['encryptFinal'] => lib.func(`int ${name}(void* ctx, uint8_t* out, _Out_ int* outl)`) as Evp['encryptFinal'];
+    // outl is a plain `int*` filled into an Int32Array: cheaper per call than koffi's _Out_ arrays.
+    const update = (name: string): Evp['encryptUpdate'] => lib.func(`int ${name}(void* ctx, uint8_t* out, int* outl, const uint8_t* in, int inl)`) as Evp['encryptUpdate'];
+    const final = (name: string): Evp['encryptFinal'] => lib.func(`int ${name}(void* ctx, uint8_t* out, int* outl)`) as Evp['encryptFinal'];
     loaded = {
       newCtx: lib.func('void* EVP_CIPHER_CTX_new()') as () => unknown,
       freeCtx: lib.func('void EVP_CIPHER_CTX_free(void* ctx)') as (ctx: unknown) => void,
@@ -119,7 +158,7 @@ function evpChaCha(evp: Evp, key: Buffer): ChaChaPoly {
   if (enc === null || dec === null) return nodeChaCha(key);
   evp.encryptInit(enc, evp.cipher, null, key, null);
   evp.decryptInit(dec, evp.cipher, null, key, null);
-  const outl = [0];
+  const outl = new Int32Array(1);
   const scratch = Buffer.alloc(TAG);
   const slab = new Slab();
   let live = true;
@@ -137,17 +176,31 @@ function evpChaCha(evp: Evp, key: Buffer): ChaChaPoly {
       return out;
     },
     open(nonce, sealed) {
-      if (!live) throw new Error('ChaChaPoly used after dispose()');
       if (sealed.length < TAG) return undefined;
       const n = sealed.length - TAG;
       const out = slab.take(n);
+      this.beginOpen(nonce);
+      this.decryptPart(sealed.subarray(0, n), out);
+      return this.finishOpen(sealed.subarray(n)) ? out : undefined;
+    },
+    beginOpen(nonce) {
+      if (!live) throw new Error('ChaChaPoly used after dispose()');
       evp.decryptInit(dec, null, null, null, nonce);
-      sealed.copy(scratch, 0, n);
-      evp.ctrl(dec, SET_TAG, TAG, scratch);
-      if (n > 0 && evp.decryptUpdate(dec, out, outl, sealed.subarray(0, n), n) !== 1) return undefined;
-      // The tag is checked here; on failure the plaintext written above is discarded.
-      if (evp.decryptFinal(dec, scratch, outl) !== 1) return undefined;
-      return out;
+    },
+    decryptPart(part, out) {
+      if (part.length > 0 && evp.decryptUpdate(dec, out, outl, part, part.length) !== 1) throw new Error('EVP_DecryptUpdate failed');
+    },
+    finishOpen(tag) {
+      // Set late, once the whole ciphertext went through: the provider only compares at Final.
+      if (tag.length !== TAG) return false;
+      tag.copy(scratch);
+      if (evp.ctrl(dec, SET_TAG, TAG, scratch) !== 1) return false;
+      return evp.decryptFinal(dec, scratch, outl) === 1;
+    },
+    applyKeystream(nonce, bytes) {
+      if (!live) throw new Error('ChaChaPoly used after dispose()');
+      evp.encryptInit(enc, null, null, null, nonce);
+      if (bytes.length > 0 && evp.encryptUpdate(enc, bytes, outl, bytes, bytes.length) !== 1) throw new Error('EVP_EncryptUpdate failed');
     },
     dispose() {
       if (!live) return;

@@ -12,8 +12,9 @@
  * trailing bytes, can still fail it. So a sink must stage what it receives and commit only after
  * the promise resolves (`extractBundle` writes into a hidden sibling folder and renames it).
  *
- * Encryption is injected: `decrypt` (verify, extract) and `encryptTo` (pack) take Node
- * Transforms, for example models/bundle/age's `createDecryptStream(identities)`.
+ * Encryption is injected: `encryptTo` (pack) takes a Node Transform, and `decrypt` (verify,
+ * extract) a Transform or, faster, a {@link ChunkDecrypter} such as models/bundle/age's
+ * `createDecryption(identities)`.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
@@ -46,8 +47,23 @@ export interface DeliveredFile extends BundleFile {
  */
 export type FileSink = (file: DeliveredFile, content: Readable) => Promise<void> | void;
 
-/** A fresh decrypting stream (a Transform, or any Duplex) for one encrypted entry (`files/<path>.age`): ciphertext in, plaintext out. */
-export type DecryptFactory = (entryName: string, file: BundleFile) => Duplex;
+/**
+ * A decrypter driven by hand: `update` with each piece of ciphertext, `final` at the end; it keeps
+ * no piece after `update` returns and lends each plaintext chunk to `emit` only for that call. The
+ * verifier prefers it to a stream: the ciphertext is decrypted straight out of the read buffers
+ * and the plaintext hashed in place, with no copies, allocations or stream hops per chunk (the
+ * sink, when there is one, gets copies).
+ */
+export interface ChunkDecrypter {
+  update(piece: Buffer, emit: (plaintext: Buffer) => void): void;
+  final(emit: (plaintext: Buffer) => void): void;
+}
+
+/**
+ * A fresh decrypter for one encrypted entry (`files/<path>.age`): a ChunkDecrypter, or a
+ * decrypting stream (a Transform, or any Duplex), ciphertext in, plaintext out.
+ */
+export type DecryptFactory = (entryName: string, file: BundleFile) => Duplex | ChunkDecrypter;
 
 export interface VerifyOptions {
   readonly onFile?: FileSink;
@@ -352,15 +368,53 @@ async function readFile(tar: TarReader, h: TarHeader, file: BundleFile, options:
   const name = entryName(file);
   if (h.size !== stored.size) throw sizeError(h.size > stored.size, name, stored.size, `its tar header says ${h.size}`, h.offset);
   const decrypting = file.encrypted !== undefined && options.decrypt !== undefined;
-  const hashed = checked(tar.body(), stored, name, h.offset);
-  // A sink or a decrypter may keep chunks; a source that reuses its buffers must not see them change.
-  const raw = tar.reusesBuffers && (decrypting || options.onFile !== undefined) ? copies(hashed) : hashed;
+  // Decrypting, the ciphertext is only counted: each of its chunks is authenticated by the AEAD,
+  // its header by the header MAC, and the plaintext's SHA-256 is the one the signers vouched for.
+  // Hashing it too would cost a second SHA-256 pass for nothing (docs/bundles.md).
+  const hashed = checked(tar.body(), decrypting ? { size: stored.size } : stored, name, h.offset);
   if (!decrypting || options.decrypt === undefined) {
+    // A sink may keep chunks; a source that reuses its buffers must not see them change.
+    const raw = tar.reusesBuffers && options.onFile !== undefined ? copies(hashed) : hashed;
     await deliver(options.onFile, { ...file, entryName: name, content: file.encrypted === undefined ? 'plaintext' : 'ciphertext' }, raw);
     return;
   }
-  const plaintext = pipeline(Readable.from(raw), options.decrypt(name, file), () => undefined);
-  await deliver(options.onFile, { ...file, entryName: name, content: 'plaintext' }, checked(decryptErrors(plaintext, name), file, name, h.offset));
+  const decrypter = options.decrypt(name, file);
+  const delivered: DeliveredFile = { ...file, entryName: name, content: 'plaintext' };
+  if (isChunkDecrypter(decrypter)) {
+    await deliver(options.onFile, delivered, decryptedBy(decrypter, hashed, new Tally(file, name, h.offset), options.onFile !== undefined));
+    return;
+  }
+  const raw = tar.reusesBuffers ? copies(hashed) : hashed;
+  const plaintext = pipeline(Readable.from(raw), decrypter, () => undefined);
+  await deliver(options.onFile, delivered, checked(decryptErrors(plaintext, name), file, name, h.offset));
+}
+
+function isChunkDecrypter(d: Duplex | ChunkDecrypter): d is ChunkDecrypter {
+  return typeof (d as Partial<ChunkDecrypter>).update === 'function' && typeof (d as Partial<ChunkDecrypter>).final === 'function' && typeof (d as Partial<Duplex>).pipe !== 'function';
+}
+
+/**
+ * Plaintext from a ChunkDecrypter, checked against the manifest as it is emitted (while the lent
+ * buffer is valid). Yields copies only when `keep` (a sink is listening); otherwise it only checks.
+ */
+async function* decryptedBy(decrypter: ChunkDecrypter, ciphertext: AsyncIterable<Buffer>, tally: Tally, keep: boolean): AsyncGenerator<Buffer> {
+  const out: Buffer[] = [];
+  const emit = (plain: Buffer): void => {
+    tally.add(plain);
+    if (keep) out.push(Buffer.from(plain));
+  };
+  const name = tally.name;
+  try {
+    for await (const piece of ciphertext) {
+      decrypter.update(piece, emit);
+      yield* out.splice(0);
+    }
+    decrypter.final(emit);
+  } catch (error) {
+    throw asDecryptError(error, name);
+  }
+  yield* out.splice(0);
+  tally.end();
 }
 
 async function* copies(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
@@ -368,19 +422,50 @@ async function* copies(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
 }
 
 /** Passes chunks on while hashing and counting them; fails as soon as there are too many, and at the end on too few or a wrong digest. */
-async function* checked(chunks: AsyncIterable<Buffer>, expect: { readonly size: number; readonly sha256: string }, name: string, offset: number): AsyncGenerator<Buffer> {
-  const hash = createHash('sha256');
-  let n = 0;
+async function* checked(chunks: AsyncIterable<Buffer>, expect: Expected, name: string, offset: number): AsyncGenerator<Buffer> {
+  const tally = new Tally(expect, name, offset);
   for await (const chunk of chunks) {
-    n += chunk.length;
-    if (n > expect.size) throw sizeError(true, name, expect.size, `over ${n - chunk.length} bytes arrived`, offset);
-    hash.update(chunk);
+    tally.add(chunk);
     yield chunk;
   }
-  if (n < expect.size) throw sizeError(false, name, expect.size, `${n} bytes arrived`, offset);
-  const digest = hash.digest('hex');
-  if (digest !== expect.sha256) {
-    throw new BundleError('EAI_BUNDLE_FILE_DIGEST', `'${name}' (at byte ${offset}) has SHA-256 ${digest}, the signed manifest says ${expect.sha256}: the file was changed or belongs to another bundle. Do not use this bundle.`, { details: { name, offset, expected: expect.sha256, actual: digest } });
+  tally.end();
+}
+
+/** What a file's bytes must add up to: its size and, unless only counted, its SHA-256. */
+interface Expected {
+  readonly size: number;
+  readonly sha256?: string;
+}
+
+/** A file's bytes counted and hashed against its manifest entry. */
+class Tally {
+  readonly #hash;
+  #n = 0;
+
+  constructor(
+    readonly expect: Expected,
+    readonly name: string,
+    readonly offset: number,
+  ) {
+    this.#hash = expect.sha256 === undefined ? undefined : createHash('sha256');
+  }
+
+  /** Fails as soon as there are more bytes than declared. */
+  add(chunk: Buffer): void {
+    this.#n += chunk.length;
+    if (this.#n > this.expect.size) throw sizeError(true, this.name, this.expect.size, `over ${this.#n - chunk.length} bytes arrived`, this.offset);
+    this.#hash?.update(chunk);
+  }
+
+  /** Fails on too few bytes or a digest other than the declared one. */
+  end(): void {
+    const { name, offset, expect } = this;
+    if (this.#n < expect.size) throw sizeError(false, name, expect.size, `${this.#n} bytes arrived`, offset);
+    if (this.#hash === undefined) return;
+    const digest = this.#hash.digest('hex');
+    if (digest !== expect.sha256) {
+      throw new BundleError('EAI_BUNDLE_FILE_DIGEST', `'${name}' (at byte ${offset}) has SHA-256 ${digest}, the signed manifest says ${expect.sha256}: the file was changed or belongs to another bundle. Do not use this bundle.`, { details: { name, offset, expected: expect.sha256, actual: digest } });
+    }
   }
 }
 
@@ -388,9 +473,13 @@ async function* decryptErrors(plaintext: AsyncIterable<unknown>, name: string): 
   try {
     for await (const chunk of plaintext) yield Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
   } catch (error) {
-    if (error instanceof AiosError) throw error;
-    throw new BundleError('EAI_BUNDLE_DECRYPT', `'${name}' cannot be decrypted: ${error instanceof Error ? error.message : String(error)}. Check that this device's identity is one of the bundle's recipients.`, { cause: error, details: { name } });
+    throw asDecryptError(error, name);
   }
+}
+
+function asDecryptError(error: unknown, name: string): unknown {
+  if (error instanceof AiosError) return error;
+  return new BundleError('EAI_BUNDLE_DECRYPT', `'${name}' cannot be decrypted: ${error instanceof Error ? error.message : String(error)}. Check that this device's identity is one of the bundle's recipients.`, { cause: error, details: { name } });
 }
 
 /** Streams `chunks` to the sink (or just through, to verify them, without one); see FileSink. */

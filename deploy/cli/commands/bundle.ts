@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { UsageError } from '../../../drivers/errors.js';
 import { parseIdentityFile, X25519Recipient, type X25519Identity } from '../../../models/bundle/age/keys.js';
-import { createDecryptStream, createEncryptStream } from '../../../models/bundle/age/stream.js';
+import { createDecryption, createEncryptStream } from '../../../models/bundle/age/stream.js';
 import { extractBundle, inspectBundle, packBundle, signBundle, verifyBundle, type DecryptFactory, type VerifiedBundle } from '../../../models/bundle/bundle.js';
 import type { ModelMetadata } from '../../../models/bundle/manifest.js';
 import { fileSource, REUSES_BUFFERS, type ReusingSource } from '../../../models/bundle/tar.js';
@@ -158,7 +158,7 @@ function filesTable(files: readonly { path: string; size: number; sha256: string
 async function decryptFrom(identityFile: string | undefined): Promise<{ decrypt?: DecryptFactory }> {
   if (identityFile === undefined) return {};
   const identities: X25519Identity[] = parseIdentityFile(await readFile(identityFile, 'utf8'));
-  return { decrypt: () => createDecryptStream(identities) };
+  return { decrypt: () => createDecryption(identities) };
 }
 
 async function readMetadata(file: string): Promise<ModelMetadata> {

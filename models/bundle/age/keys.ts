@@ -31,7 +31,15 @@ const STANZA_TYPE = 'X25519';
 const WRAP_LABEL = 'age-encryption.org/v1/X25519';
 const KEY_SIZE = 32;
 // DER prefixes of X25519 SubjectPublicKeyInfo and PKCS#8 PrivateKeyInfo: the raw 32 bytes follow.
-const SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
+/**
+ * A public key object from its 32 raw bytes. Through JWK, not SPKI DER: Node parses DER keys by
+ * trying decoders in turn (about 100 µs here, against 9 µs), and every file decrypted imports one
+ * (its ephemeral share).
+ */
+function x25519PublicKey(raw: Buffer): KeyObject {
+  return createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: raw.toString('base64url') }, format: 'jwk' });
+}
+
 const PKCS8_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex');
 const ZERO_NONCE = Buffer.alloc(12);
 
@@ -43,7 +51,7 @@ export class X25519Recipient implements AgeRecipient {
 
   private constructor(raw: Buffer) {
     this.publicKey = Buffer.from(raw);
-    this.#key = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, raw]), format: 'der', type: 'spki' });
+    this.#key = x25519PublicKey(raw);
   }
 
   /** From the raw 32 bytes; throws `EAI_AGE_KEY` for another length. */
@@ -144,7 +152,7 @@ export class X25519Identity implements AgeIdentity {
       const share = shares[i] as Buffer;
       let shared: Buffer;
       try {
-        shared = diffieHellman({ privateKey: this.#privateKey, publicKey: createPublicKey({ key: Buffer.concat([SPKI_PREFIX, share]), format: 'der', type: 'spki' }) });
+        shared = diffieHellman({ privateKey: this.#privateKey, publicKey: x25519PublicKey(share) });
       } catch (cause) {
         throw badStanza(index, 'its ephemeral share is a low-order point (the shared secret would be zero)', cause);
       }

@@ -56,7 +56,25 @@ export function createEncryptStream(recipients: readonly RecipientLike[]): Trans
  * Bad identity strings throw `EAI_AGE_KEY` synchronously.
  */
 export function createDecryptStream(identities: readonly IdentityLike[], options: DecryptOptions = {}): Transform {
-  return coreTransform(new Decryptor(toIdentities(identities), options.maxHeaderBytes ?? MAX_HEADER_BYTES));
+  return coreTransform(new Decryptor(toIdentities(identities), options.maxHeaderBytes ?? MAX_HEADER_BYTES, false));
+}
+
+/**
+ * Decryption driven by hand, for a consumer that uses each chunk at once (hashes it, writes it):
+ * `update` with each piece of the age file in order, `final` at its end. `emit` receives
+ * plaintext that is valid only until it returns: one buffer is reused, so nothing is allocated
+ * per chunk (the bundle verifier's path, bench/age-decrypt.ts). Pieces are not kept after
+ * `update` returns, so the caller may reuse their memory. Same errors as
+ * {@link createDecryptStream}, thrown by the call concerned.
+ */
+export interface AgeDecryption {
+  update(piece: Buffer, emit: (plaintext: Buffer) => void): void;
+  final(emit: (plaintext: Buffer) => void): void;
+}
+
+export function createDecryption(identities: readonly IdentityLike[], options: DecryptOptions = {}): AgeDecryption {
+  const d = new Decryptor(toIdentities(identities), options.maxHeaderBytes ?? MAX_HEADER_BYTES, true);
+  return { update: (piece, emit) => d.write(piece, emit), final: (emit) => d.end(emit) };
 }
 
 /** Encrypts a whole buffer to an age file. For data that fits in memory twice over. */
@@ -70,7 +88,7 @@ export function encrypt(plaintext: Uint8Array, recipients: readonly RecipientLik
 
 /** Decrypts a whole age file held in memory; same errors as {@link createDecryptStream}. */
 export function decrypt(file: Uint8Array, identities: readonly IdentityLike[], options: DecryptOptions = {}): Buffer {
-  const d = new Decryptor(toIdentities(identities), options.maxHeaderBytes ?? MAX_HEADER_BYTES);
+  const d = new Decryptor(toIdentities(identities), options.maxHeaderBytes ?? MAX_HEADER_BYTES, false);
   const out: Buffer[] = [];
   d.write(asBuffer(file), (b) => out.push(b));
   d.end((b) => out.push(b));
@@ -207,20 +225,38 @@ class Sealer implements Core {
 
 type Phase = 'header' | 'nonce' | 'payload' | 'done';
 
+/**
+ * Decrypts straight out of the pieces it is given: each chunk's ciphertext goes through
+ * ChaCha20-Poly1305 as it arrives, so a chunk spanning two pieces is never gathered, and only the
+ * last 16 bytes seen are held back (they may be the tag). A chunk is started as a non-final one,
+ * the common case; if the file turns out to end there, its plaintext is turned back into
+ * ciphertext with the same keystream and opened again as the final chunk.
+ *
+ * `lend` reuses one output buffer: emitted plaintext is valid only until `emit` returns, which
+ * is what a consumer that hashes and writes at once wants (no allocation per chunk). Otherwise
+ * every chunk gets fresh memory that the consumer may keep.
+ */
 class Decryptor implements Core {
   readonly #identities: readonly AgeIdentity[];
   readonly #maxHeaderBytes: number;
+  readonly #lend: boolean;
   readonly #nonce = Buffer.alloc(12);
-  readonly #pending = new Pending();
+  readonly #tail = Buffer.alloc(TAG_SIZE);
+  #tailLength = 0;
   #phase: Phase = 'header';
   #head: Buffer = Buffer.alloc(0);
   #fileKey: Buffer = Buffer.alloc(0);
   #aead: ChaChaPoly | undefined;
   #counter = 0;
+  #out: Buffer = Buffer.alloc(0);
+  #fed = 0;
+  #slab: Buffer = Buffer.alloc(0);
+  #slabUsed = 0;
 
-  constructor(identities: readonly AgeIdentity[], maxHeaderBytes: number) {
+  constructor(identities: readonly AgeIdentity[], maxHeaderBytes: number, lend: boolean) {
     this.#identities = identities;
     this.#maxHeaderBytes = maxHeaderBytes;
+    this.#lend = lend;
   }
 
   write(piece: Buffer, emit: Emit): void {
@@ -235,32 +271,30 @@ class Decryptor implements Core {
       // always parsed, to refuse a file that is not age at once).
       if (!first && piece.indexOf(0x0a) < 0 && this.#head.length <= this.#maxHeaderBytes) return;
       const header = parseHeader(this.#head, this.#maxHeaderBytes);
-      if (header === undefined) return;
+      if (header === undefined) {
+        // Kept across calls: copy, the caller may reuse the piece's memory.
+        if (first) this.#head = Buffer.from(piece);
+        return;
+      }
       this.#fileKey = this.#openHeader(header);
       piece = this.#head.subarray(header.length);
       this.#head = Buffer.alloc(0);
       this.#phase = 'nonce';
     }
     if (this.#phase === 'nonce') {
-      this.#head = this.#head.length === 0 ? piece : Buffer.concat([this.#head, piece]);
-      if (this.#head.length < NONCE_SIZE) return;
-      this.#aead = chaChaPoly(payloadKey(this.#fileKey, this.#head.subarray(0, NONCE_SIZE)));
-      piece = this.#head.subarray(NONCE_SIZE);
+      if (this.#head.length + piece.length < NONCE_SIZE) {
+        this.#head = Buffer.concat([this.#head, piece]);
+        return;
+      }
+      const need = NONCE_SIZE - this.#head.length;
+      const nonce = Buffer.concat([this.#head, piece.subarray(0, need)]);
+      this.#aead = chaChaPoly(payloadKey(this.#fileKey, nonce));
+      piece = piece.subarray(need);
       this.#head = Buffer.alloc(0);
       this.#phase = 'payload';
+      this.#startChunk();
     }
-    this.#pending.add(piece);
-    while (this.#pending.length > ENC_CHUNK_SIZE) {
-      const chunk = this.#pending.take(ENC_CHUNK_SIZE);
-      const plain = this.#open(chunk, false);
-      if (plain === undefined) {
-        // A full chunk that opens as the final one, with bytes after it.
-        if (this.#open(chunk, true) !== undefined) throw trailing(this.#counter + 1);
-        throw authFailed(this.#counter);
-      }
-      this.#counter++;
-      emit(plain);
-    }
+    this.#payload(piece, emit);
   }
 
   end(emit: Emit): void {
@@ -268,22 +302,87 @@ class Decryptor implements Core {
     if (this.#phase !== 'payload') {
       throw new AgeError('EAI_AGE_TRUNCATED', `the age file ends inside its ${this.#phase === 'header' ? 'header' : 'payload nonce'} (${this.#head.length} bytes read): it was cut short. Fetch it again.`);
     }
-    const size = this.#pending.length;
-    if (size < TAG_SIZE) throw truncated(this.#counter, size);
-    const chunk = this.#pending.take(size);
-    const plain = this.#open(chunk, true);
-    if (plain === undefined) {
-      // A whole chunk that opens as a non-final one: the file stops at a chunk boundary.
-      if (size === ENC_CHUNK_SIZE && this.#open(chunk, false) !== undefined) throw truncated(this.#counter + 1, 0);
-      throw authFailed(this.#counter);
-    }
-    if (size === TAG_SIZE && this.#counter > 0) {
+    const aead = this.#aead as ChaChaPoly;
+    // Fewer than 16 bytes left means nothing of this chunk was decrypted (16 are always held back).
+    if (this.#tailLength < TAG_SIZE) throw truncated(this.#counter, this.#tailLength);
+    const tag = this.#tail;
+    const plain = this.#out.subarray(0, this.#fed);
+    // A whole chunk that opens as a non-final one: the file stops at a chunk boundary.
+    if (this.#fed === CHUNK_SIZE && aead.finishOpen(tag)) throw truncated(this.#counter + 1, 0);
+    if (!this.#reopenAsFinal(plain, tag)) throw authFailed(this.#counter);
+    if (this.#fed === 0 && this.#counter > 0) {
       throw new AgeError('EAI_AGE_PAYLOAD_AUTH', `the age payload ends with an empty final chunk after ${this.#counter} full chunks; the format allows an empty final chunk only for an empty payload. The file was not written by a conforming encryptor.`);
     }
     this.#counter++;
     this.#phase = 'done';
-    this.#aead?.dispose();
+    aead.dispose();
     if (plain.length > 0) emit(plain);
+  }
+
+  #payload(piece: Buffer, emit: Emit): void {
+    const aead = this.#aead as ChaChaPoly;
+    let at = 0;
+    for (;;) {
+      const unfed = this.#tailLength + piece.length - at;
+      if (this.#fed === CHUNK_SIZE) {
+        // The tag, and at least one byte after it to show this is not the final chunk.
+        if (unfed <= TAG_SIZE) break;
+        const fromPiece = TAG_SIZE - this.#tailLength;
+        piece.copy(this.#tail, this.#tailLength, at, at + fromPiece);
+        at += fromPiece;
+        this.#tailLength = 0;
+        if (!aead.finishOpen(this.#tail)) {
+          // A full chunk that opens as the final one, with bytes after it.
+          if (this.#reopenAsFinal(this.#out, this.#tail)) throw trailing(this.#counter + 1);
+          throw authFailed(this.#counter);
+        }
+        this.#counter++;
+        emit(this.#out);
+        this.#startChunk();
+        continue;
+      }
+      const feed = Math.min(CHUNK_SIZE - this.#fed, unfed - TAG_SIZE);
+      if (feed <= 0) break;
+      if (this.#tailLength > 0) {
+        const k = Math.min(this.#tailLength, feed);
+        aead.decryptPart(this.#tail.subarray(0, k), this.#out.subarray(this.#fed, this.#fed + k));
+        this.#tail.copyWithin(0, k, this.#tailLength);
+        this.#tailLength -= k;
+        this.#fed += k;
+        continue;
+      }
+      aead.decryptPart(piece.subarray(at, at + feed), this.#out.subarray(this.#fed, this.#fed + feed));
+      at += feed;
+      this.#fed += feed;
+    }
+    // At most 16 bytes are left: held (copied, the caller may reuse the piece) until more come.
+    this.#tailLength += piece.copy(this.#tail, this.#tailLength, at);
+  }
+
+  #startChunk(): void {
+    this.#fed = 0;
+    this.#out = this.#outputBuffer();
+    (this.#aead as ChaChaPoly).beginOpen(chunkNonce(this.#nonce, this.#counter, false));
+  }
+
+  /** Opens the current chunk, decrypted so far as a non-final one into `plain`, as the final chunk. */
+  #reopenAsFinal(plain: Buffer, tag: Buffer): boolean {
+    const aead = this.#aead as ChaChaPoly;
+    aead.applyKeystream(chunkNonce(this.#nonce, this.#counter, false), plain);
+    aead.beginOpen(chunkNonce(this.#nonce, this.#counter, true));
+    aead.decryptPart(plain, plain);
+    return aead.finishOpen(tag);
+  }
+
+  /** A chunk's output: the one lent buffer, or a fresh view carved from 1 MiB blocks (one allocation per 16 chunks, not one each). */
+  #outputBuffer(): Buffer {
+    if (this.#lend) return this.#out.length === CHUNK_SIZE ? this.#out : Buffer.allocUnsafeSlow(CHUNK_SIZE);
+    if (this.#slabUsed + CHUNK_SIZE > this.#slab.length) {
+      this.#slab = Buffer.allocUnsafeSlow(16 * CHUNK_SIZE);
+      this.#slabUsed = 0;
+    }
+    this.#slabUsed += CHUNK_SIZE;
+    return this.#slab.subarray(this.#slabUsed - CHUNK_SIZE, this.#slabUsed);
   }
 
   #openHeader(header: AgeHeader): Buffer {
@@ -295,11 +394,6 @@ class Decryptor implements Core {
       }
     }
     throw noMatch(header, this.#identities);
-  }
-
-  /** The chunk's plaintext, or `undefined` if its tag does not verify with this flag. */
-  #open(chunk: Buffer, last: boolean): Buffer | undefined {
-    return (this.#aead as ChaChaPoly).open(chunkNonce(this.#nonce, this.#counter, last), chunk);
   }
 }
 

@@ -40,6 +40,37 @@ describe('ChaCha20-Poly1305 backends', () => {
     );
   });
 
+  it('both backends open a message given in parts, in place or not, and the keystream turns plaintext back into ciphertext', () => {
+    const backends = [chaChaPoly(KEY, 'node'), ...(libcrypto === undefined ? [] : [chaChaPoly(KEY, 'libcrypto')])];
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 70_000 }), fc.array(fc.nat(), { maxLength: 6 }), fc.boolean(), (plain, cuts, inPlace) => {
+        const p = Buffer.from(plain);
+        const sealed = backends[0]?.seal(NONCE, p) as Buffer;
+        const ciphertext = sealed.subarray(0, p.length);
+        const tag = sealed.subarray(p.length);
+        const bounds = [...new Set([0, ...cuts.map((c) => c % (p.length + 1)), p.length])].sort((a, b) => a - b);
+        for (const b of backends) {
+          const work = Buffer.from(ciphertext);
+          const out = inPlace ? work : Buffer.alloc(p.length);
+          b.beginOpen(NONCE);
+          for (let i = 0; i + 1 < bounds.length; i++) b.decryptPart(work.subarray(bounds[i], bounds[i + 1]), out.subarray(bounds[i], bounds[i + 1]));
+          expect(b.finishOpen(tag)).toBe(true);
+          expect(out.equals(p)).toBe(true);
+          b.applyKeystream(NONCE, out);
+          expect(out.equals(ciphertext)).toBe(true);
+          const wrong = Buffer.from(tag);
+          wrong[0] = (wrong[0] as number) ^ 1;
+          b.beginOpen(NONCE);
+          b.decryptPart(ciphertext, Buffer.alloc(p.length));
+          expect(b.finishOpen(wrong)).toBe(false);
+          b.beginOpen(NONCE);
+          expect(b.finishOpen(tag.subarray(0, 15))).toBe(false);
+        }
+      }),
+      { numRuns: 40 },
+    );
+  });
+
   it.skipIf(libcrypto === undefined)('libcrypto refuses any flipped bit, a wrong nonce and a short message', () => {
     const l = libcrypto as NonNullable<typeof libcrypto>;
     const sealed = l.seal(NONCE, randomBytes(65536));

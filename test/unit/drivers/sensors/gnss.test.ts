@@ -157,8 +157,11 @@ describe('MRPT GPS text replay (real RTK recordings, Málaga 2008)', () => {
     const lateness: number[] = [];
     for await (const m of new GnssReplay(file, { timeBase: 'replay' }).messages(new AbortController().signal)) lateness.push(Date.now() - Number(m.sensorTimeNs / 1_000_000n));
     expect(lateness).toHaveLength(3);
-    // Timers fire a little late, never early; the wall clock has millisecond steps.
-    expect(lateness.every((ms) => ms >= -1 && ms < 50)).toBe(true);
+    // Never early (the wall clock has millisecond steps). Timers fire late by however busy the
+    // machine is (tens of ms while the whole suite runs on 2 cores), but less than the 200 ms
+    // between fixes: more would mean the replay is not paced by the clock.
+    expect(lateness.every((ms) => ms >= -1), `lateness ${lateness.join(', ')} ms`).toBe(true);
+    expect(lateness.every((ms) => ms < 200), `lateness ${lateness.join(', ')} ms`).toBe(true);
   });
 
   it('rows: quality 0 is an epoch without a fix; short or non-numeric rows are malformed', () => {

@@ -11,7 +11,7 @@ import { AiosError } from '../../../../drivers/errors.js';
 import { bech32Decode, bech32Encode } from '../../../../models/bundle/age/bech32.js';
 import { AgeError, decodeBase64, encodeHeader, parseHeader, type AgeStanza } from '../../../../models/bundle/age/format.js';
 import { parseIdentityFile, X25519Identity, X25519Recipient } from '../../../../models/bundle/age/keys.js';
-import { CHUNK_SIZE, createDecryptStream, createEncryptStream, decrypt, encrypt } from '../../../../models/bundle/age/stream.js';
+import { CHUNK_SIZE, createDecryption, createDecryptStream, createEncryptStream, decrypt, encrypt } from '../../../../models/bundle/age/stream.js';
 
 const alice = X25519Identity.generate();
 const bob = X25519Identity.generate();
@@ -140,6 +140,71 @@ describe('encrypt and decrypt', () => {
       same(await throughStream(createDecryptStream([alice.encode()]), file, piece), plain);
     },
   );
+
+  /**
+   * createDecryption fed `file` in pieces cut at `cuts`, each piece in a buffer the caller
+   * scribbles over after update() returns (as a reused read buffer would be), and each emitted
+   * chunk copied before emit returns (the buffer is lent).
+   */
+  function byHand(file: Buffer, cuts: readonly number[]): Buffer {
+    const d = createDecryption([alice]);
+    const out: Buffer[] = [];
+    const emit = (b: Buffer): void => void out.push(Buffer.from(b));
+    const bounds = [...new Set([0, ...cuts.map((c) => c % (file.length + 1)), file.length])].sort((a, b) => a - b);
+    for (let i = 0; i + 1 < bounds.length; i++) {
+      const piece = Buffer.from(file.subarray(bounds[i], bounds[i + 1]));
+      d.update(piece, emit);
+      piece.fill(0xa5);
+    }
+    d.final(emit);
+    return Buffer.concat(out);
+  }
+
+  it('decrypts by hand with lent buffers, whatever the pieces, and the emitted buffer is reused', () => {
+    const files = [0, 15, 16, 17, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 17].map((size) => {
+      const plain = randomBytes(size);
+      return { plain, file: encrypt(plain, [alice.recipient]) };
+    });
+    fc.assert(
+      fc.property(fc.nat(files.length - 1), fc.array(fc.nat(), { maxLength: 12 }), (which, cuts) => {
+        const { plain, file } = files[which] as { plain: Buffer; file: Buffer };
+        same(byHand(file, cuts), plain);
+      }),
+      { numRuns: 300 },
+    );
+    // Pieces of one byte: every boundary, including inside the header, nonce and each tag.
+    const { plain, file } = files[6] as { plain: Buffer; file: Buffer };
+    same(byHand(file, Array.from({ length: file.length }, (_, i) => i)), plain);
+    const seen = new Set<ArrayBufferLike>();
+    const d = createDecryption([alice]);
+    const big = encrypt(randomBytes(4 * CHUNK_SIZE), [alice.recipient]);
+    d.update(big, (b) => void seen.add(b.buffer));
+    d.final((b) => void seen.add(b.buffer));
+    expect(seen.size).toBe(1);
+  });
+
+  it('by hand, rejects what the stream rejects, with the same codes', () => {
+    const plain = randomBytes(2 * CHUNK_SIZE + 100);
+    const file = encrypt(plain, [alice.recipient]);
+    const full = encrypt(randomBytes(2 * CHUNK_SIZE), [alice.recipient]);
+    const run = (bytes: Buffer, piece: number): string => code(() => {
+      const d = createDecryption([alice]);
+      for (let i = 0; i < bytes.length; i += piece) d.update(bytes.subarray(i, i + piece), () => undefined);
+      d.final(() => undefined);
+    });
+    for (const piece of [1 << 20, 4096, 65552, 7]) {
+      const flipped = Buffer.from(file);
+      flipped[file.length - 200] = (flipped[file.length - 200] as number) ^ 1;
+      expect(run(flipped, piece)).toBe('EAI_AGE_PAYLOAD_AUTH');
+      expect(run(file.subarray(0, file.length - 1), piece)).toBe('EAI_AGE_PAYLOAD_AUTH');
+      expect(run(Buffer.concat([file, Buffer.from([0])]), piece)).toBe('EAI_AGE_PAYLOAD_AUTH');
+      expect(run(Buffer.concat([full, Buffer.from([0])]), piece)).toBe('EAI_AGE_TRAILING_DATA');
+      expect(run(Buffer.concat([full, full]), piece)).toBe('EAI_AGE_TRAILING_DATA');
+      expect(run(full.subarray(0, full.length - CHUNK_SIZE - 16), piece)).toBe('EAI_AGE_TRUNCATED');
+      expect(run(file.subarray(0, 10), piece)).toBe('EAI_AGE_TRUNCATED');
+      expect(run(encrypt(plain, [bob.recipient]), piece)).toBe('EAI_AGE_NO_MATCH');
+    }
+  });
 
   it('encrypts to several recipients, each of which decrypts', () => {
     const plain = randomBytes(CHUNK_SIZE * 2 + 9);

@@ -5,9 +5,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createDecryptStream, createEncryptStream } from '../../../../models/bundle/age/stream.js';
+import { createDecryption, createDecryptStream, createEncryptStream } from '../../../../models/bundle/age/stream.js';
 import { X25519Identity } from '../../../../models/bundle/age/keys.js';
-import { extractBundle, packBundle, verifyBundle } from '../../../../models/bundle/bundle.js';
+import { extractBundle, packBundle, verifyBundle, type DecryptFactory } from '../../../../models/bundle/bundle.js';
+import { fileSource } from '../../../../models/bundle/tar.js';
 import type { ModelMetadata } from '../../../../models/bundle/manifest.js';
 import { generateSigningKey } from '../../../../models/keys.js';
 import { findBinary } from '../../../support/wait.js';
@@ -48,14 +49,20 @@ async function encryptedBundle(): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-describe('an encrypted bundle', () => {
+// Both kinds of decrypter the verifier takes: a stream, and one driven by hand with lent buffers.
+const decrypters: readonly [string, (id: X25519Identity) => DecryptFactory][] = [
+  ['createDecryption', (id) => () => createDecryption([id])],
+  ['createDecryptStream', (id) => () => createDecryptStream([id])],
+];
+
+describe.each(decrypters)('an encrypted bundle, decrypted by %s', (_kind, decrypter) => {
   it('verifies and decrypts on each recipient device to the exact model bytes', async () => {
     const bundle = await encryptedBundle();
     expect(bundle.includes(plain.subarray(1000, 1064))).toBe(false); // the model is not in the clear
     for (const device of [robot1, robot2]) {
       let got: Buffer | undefined;
       const verified = await verifyBundle(Readable.from(bundle), policy, {
-        decrypt: () => createDecryptStream([device]),
+        decrypt: decrypter(device),
         onFile: async (file, content) => {
           const parts: Buffer[] = [];
           for await (const c of content) parts.push(c as Buffer);
@@ -70,7 +77,7 @@ describe('an encrypted bundle', () => {
 
   it('on a device it was not encrypted to, says so', async () => {
     const bundle = await encryptedBundle();
-    const error = await verifyBundle(Readable.from(bundle), policy, { decrypt: () => createDecryptStream([stranger]), onFile: (_f, c) => void c.resume() }).then(
+    const error = await verifyBundle(Readable.from(bundle), policy, { decrypt: decrypter(stranger), onFile: (_f, c) => void c.resume() }).then(
       () => undefined,
       (e: unknown) => e as { code: string; message: string },
     );
@@ -80,12 +87,38 @@ describe('an encrypted bundle', () => {
   });
 
   it('extracts the plaintext into a private folder on the device', async () => {
-    const dir = path.join(tmp, 'extracted');
-    await extractBundle(Readable.from(await encryptedBundle()), policy, dir, { decrypt: () => createDecryptStream([robot2]) });
+    const dir = path.join(tmp, `extracted-${_kind}`);
+    await extractBundle(Readable.from(await encryptedBundle()), policy, dir, { decrypt: decrypter(robot2) });
     const file = path.join(dir, 'face.onnx');
     expect(readFileSync(file).equals(plain)).toBe(true);
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(statSync(dir).mode & 0o777).toBe(0o700);
+  });
+
+  it('read from a file (buffers reused between reads), a corrupted chunk is refused and nothing reaches the sink after it', async () => {
+    const bundle = await encryptedBundle();
+    const at = bundle.indexOf(Buffer.from('files/face.onnx.age')) + 512 + 300_000;
+    const bad = Buffer.from(bundle);
+    bad[at] = (bad[at] as number) ^ 0x10;
+    const file = path.join(tmp, `bad-${_kind}.bundle`);
+    writeFileSync(file, bad);
+    let received = 0;
+    const error = await verifyBundle(fileSource(file, { chunkSize: 100_000 }), policy, {
+      decrypt: decrypter(robot1),
+      onFile: async (_f, content) => {
+        for await (const c of content) received += (c as Buffer).length;
+      },
+    }).then(
+      () => undefined,
+      (e: unknown) => e as { code: string },
+    );
+    expect(error?.code).toBe('EAI_AGE_PAYLOAD_AUTH');
+    expect(received).toBeLessThan(300_000);
+    const good = path.join(tmp, `good-${_kind}.bundle`);
+    writeFileSync(good, bundle);
+    const parts: Buffer[] = [];
+    await verifyBundle(fileSource(good, { chunkSize: 100_000 }), policy, { decrypt: decrypter(robot1), onFile: async (_f, content) => void (await content.forEach((c: Buffer) => void parts.push(c))) });
+    expect(Buffer.concat(parts).equals(plain)).toBe(true);
   });
 
   it.skipIf(AGE === undefined || TAR === undefined)('holds a standard age file the age CLI decrypts with the device key', async () => {
