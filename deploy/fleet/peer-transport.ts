@@ -4,6 +4,7 @@ import type { IPublishPacket, MqttClient, Packet } from 'mqtt';
 import type { Feeds, Outputs } from '../../drivers/hal/types.js';
 import { Tensor, bytesPerElement, shapeSize, type DType } from '../../drivers/tensor/tensor.js';
 import { PeerError, type PeerHandler, type PeerReply, type PeerRequest, type PeerTransport } from '../../runtime/inference/peers.js';
+import { wholeNumber } from './wire.js';
 import { aios } from '../proto/gen/aios.js';
 
 const wire = aios.fleet.v1;
@@ -327,15 +328,16 @@ export class MqttPeerTransport implements PeerTransport {
       return;
     }
     let feeds: Feeds;
+    let deadline: number;
     try {
       if (request.model !== served.model) throw new Error(`it asks for model '${request.model}' on the topic of '${served.model}'`);
       feeds = fromWireTensors(request.inputs ?? []);
+      deadline = wholeNumber(request.deadlineUnixMs, 'deadline_unix_ms');
     } catch (error) {
       this.counts.badRequests++;
       this.answerError(replyTo, correlation, badMessage(`A request on ${topic}`, error));
       return;
     }
-    const deadline = wholeNumber(request.deadlineUnixMs);
     const now = this.now();
     if (deadline > 0 && now > deadline) {
       this.counts.expired++;
@@ -502,11 +504,6 @@ function topicLevel(what: string, value: string): string {
 function badMessage(what: string, error: unknown, kind = 'malformed'): PeerError {
   if (error instanceof PeerError && error.code === 'EAI_PEER_BAD_MESSAGE') return new PeerError(error.code, `${what} is malformed: ${error.message}`, { cause: error });
   return new PeerError('EAI_PEER_BAD_MESSAGE', `${what} is ${kind}: ${text(error)}. Check both sides run the same protocol version (docs/protocol.md).`, { cause: error });
-}
-
-function wholeNumber(value: number | { toString(): string } | null | undefined): number {
-  if (value === null || value === undefined) return 0;
-  return typeof value === 'number' ? value : Number(value.toString());
 }
 
 function swap(bytes: Buffer, size: number): Buffer {

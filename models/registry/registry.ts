@@ -34,7 +34,9 @@ import { checkName, peekChannelRecord, signChannelRecord, type ChannelRecord } f
 import { diffVersions, type VersionDiff } from './diff.js';
 import { RegistryError, registryIo } from './errors.js';
 import { LayoutSplitter } from './layout.js';
-import { migrate } from './schema.js';
+import { MIGRATIONS, schemaNewer } from './schema.js';
+import { openSqlite } from '../sqlite.js';
+import { AiosError } from '../../drivers/errors.js';
 
 export const DATABASE_FILE = 'registry.db';
 
@@ -170,23 +172,13 @@ export class Registry {
 
   /** Opens the registry in `dir`, making it (and migrating its schema) as needed. Call `close` when done. */
   static async open(dir: string, options: RegistryOptions = {}): Promise<Registry> {
-    const Database = await loadSqlite();
     const blobs = await BlobStore.open(dir);
     let db: BetterSqlite3.Database;
     try {
-      db = new Database(path.join(dir, DATABASE_FILE));
-      db.pragma('journal_mode = WAL');
-      db.pragma('foreign_keys = ON');
-      db.pragma('synchronous = FULL');
-      db.pragma('busy_timeout = 5000');
-    } catch (cause) {
-      throw registryIo(`open the registry database in ${dir}`, cause);
-    }
-    try {
-      migrate(db, options.now ?? (() => new Date()));
+      db = await openSqlite(path.join(dir, DATABASE_FILE), { what: 'the model registry', migrations: MIGRATIONS, ...(options.now === undefined ? {} : { now: options.now }), newer: schemaNewer });
     } catch (error) {
-      db.close();
-      throw registryIo(`migrate the registry database in ${dir}`, error);
+      if (error instanceof AiosError) throw error;
+      throw registryIo(`open the registry database in ${dir}`, error);
     }
     return new Registry(dir, db, blobs, options);
   }
@@ -464,11 +456,3 @@ function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-/** better-sqlite3, loaded on first use so that nothing else in aios needs the native module. */
-async function loadSqlite(): Promise<typeof BetterSqlite3> {
-  try {
-    return (await import('better-sqlite3')).default;
-  } catch (cause) {
-    throw new RegistryError('EAI_REGISTRY_SQLITE_UNAVAILABLE', `the model registry needs the better-sqlite3 package, which cannot be loaded (${(cause as Error).message.split('\n')[0]}). Fix: \`npm install better-sqlite3@12\` (it builds against this Node's headers; Node 20 needs v12).`, { cause });
-  }
-}

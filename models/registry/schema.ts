@@ -1,9 +1,8 @@
 /**
- * The registry's SQLite schema, as an ordered list of migrations. `migrate` applies those not yet
- * in `schema_migrations`, each in its own transaction, so a registry made by an older aios is
- * brought up to date on open and a newer one is refused rather than misread.
+ * The registry's SQLite schema, as an ordered list of migrations that models/sqlite.ts applies on
+ * open: a registry made by an older aios is brought up to date, a newer one is refused rather
+ * than misread.
  */
-import type BetterSqlite3 from 'better-sqlite3';
 import { RegistryError } from './errors.js';
 
 export const MIGRATIONS: readonly string[] = [
@@ -71,18 +70,7 @@ export const MIGRATIONS: readonly string[] = [
   `,
 ];
 
-export function migrate(db: BetterSqlite3.Database, now: () => Date): number {
-  db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)');
-  const row = db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
-  const current = row.v ?? 0;
-  if (current > MIGRATIONS.length) {
-    throw new RegistryError('EAI_REGISTRY_SCHEMA_NEWER', `the registry database is at schema version ${current}, this aios knows up to ${MIGRATIONS.length}; it was written by a newer aios. Fix: use that version of aios (an older one would misread it).`, { details: { current, known: MIGRATIONS.length } });
-  }
-  for (let v = current + 1; v <= MIGRATIONS.length; v++) {
-    db.transaction(() => {
-      db.exec(MIGRATIONS[v - 1] as string);
-      db.prepare('INSERT INTO schema_migrations (version, applied) VALUES (?, ?)').run(v, now().toISOString());
-    })();
-  }
-  return MIGRATIONS.length;
+/** The registry's error for a database written by a newer aios. */
+export function schemaNewer(current: number, known: number): RegistryError {
+  return new RegistryError('EAI_REGISTRY_SCHEMA_NEWER', `the registry database is at schema version ${current}, this aios knows up to ${known}; it was written by a newer aios. Fix: use that version of aios (an older one would misread it).`, { details: { current, known } });
 }

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -49,10 +49,29 @@ export interface Mosquitto {
   stop(): void;
 }
 
-/** Starts `mosquitto` (the binary's path, from findBinary) on a free port and waits until it accepts connections. */
-export async function startMosquitto(binary: string): Promise<Mosquitto> {
+export interface MosquittoOptions {
+  /** A configuration for the given port (a listener on it); default: plain MQTT, anonymous, on the port. */
+  readonly config?: (port: number) => string;
+  /** Where to write the configuration; needed with `config`. */
+  readonly dir?: string;
+}
+
+/**
+ * Starts `mosquitto` (the binary's path, from findBinary) on a free port and waits until it
+ * accepts connections. With `config`, runs it from that configuration (as root, Mosquitto would
+ * drop to the `mosquitto` user and lose access to a test's key files, so `user root` is added).
+ */
+export async function startMosquitto(binary: string, options: MosquittoOptions = {}): Promise<Mosquitto> {
   const port = await freePort();
-  const child = spawn(binary, ['-p', String(port)], { stdio: 'ignore' });
+  let args = ['-p', String(port)];
+  if (options.config !== undefined) {
+    if (options.dir === undefined) throw new Error('startMosquitto: a config needs a dir to write it to');
+    const file = path.join(options.dir, `mosquitto-${port}.conf`);
+    const asRoot = process.getuid?.() === 0 ? 'user root\n' : '';
+    writeFileSync(file, `${asRoot}${options.config(port)}`);
+    args = ['-c', file];
+  }
+  const child = spawn(binary, args, { stdio: 'ignore' });
   await waitForPort(port);
   return { port, url: `mqtt://127.0.0.1:${port}`, stop: () => void child.kill('SIGTERM') };
 }
