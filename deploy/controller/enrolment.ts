@@ -1,0 +1,185 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { isReservedName } from '../fleet/broker-acl.js';
+import { FleetError } from '../fleet/errors.js';
+import { issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
+import { parseCsr } from '../fleet/pki/csr.js';
+import { isTopicLevel, topicLevel } from '../fleet/topics.js';
+import type { Database } from './database.js';
+
+/**
+ * Enrolment: how a device gets its fleet certificate. An operator makes a one-time token
+ * (`aios fleet token`), which is baked into the device image with the fleet CA and the trust root
+ * (docs/fleet.md, "Provisioning"). On first boot the device makes its own key pair, which never
+ * leaves it, and sends a PKCS#10 request whose common name is its device id and whose
+ * challengePassword is the token. The controller issues a client certificate only if the token
+ * exists, its secret matches, it has not expired, it was never used, and the name is one a device
+ * may take (and the one the token was made for, if any). A token is spent by the first request
+ * that passes, in the same transaction that records the device.
+ *
+ * Tokens read `aios1.<id>.<secret>`: the id finds the row, the secret is kept only as its
+ * SHA-256, so a copy of the database cannot enrol anything.
+ */
+export interface EnrolmentOptions {
+  readonly fleet: string;
+  readonly ca: CertificateAuthority;
+  /** Device certificates' validity; default 365 days (bounded by the CA's). */
+  readonly certificateDays?: number;
+  /** The controller clock, ms. Default Date.now. */
+  readonly now?: () => number;
+}
+
+export interface IssuedToken {
+  /** The token to give the device: shown once, never stored. */
+  readonly token: string;
+  readonly id: string;
+  readonly expiresUnixMs: number;
+  readonly deviceId?: string;
+}
+
+export interface Enrolled {
+  readonly deviceId: string;
+  readonly fleet: string;
+  readonly certificatePem: string;
+  /** The fleet CA, which the device needs to check the broker. */
+  readonly caCertificatePem: string;
+  readonly labels: Readonly<Record<string, string>>;
+}
+
+export interface TokenInfo {
+  readonly id: string;
+  readonly createdUnixMs: number;
+  readonly expiresUnixMs: number;
+  readonly deviceId?: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly usedUnixMs?: number;
+  readonly usedBy?: string;
+}
+
+const PREFIX = 'aios1';
+
+export class Enrolment {
+  readonly #db: Database;
+  readonly #fleet: string;
+  readonly #ca: CertificateAuthority;
+  readonly #days: number;
+  readonly #now: () => number;
+
+  constructor(db: Database, options: EnrolmentOptions) {
+    this.#db = db;
+    this.#fleet = topicLevel('fleet', options.fleet);
+    this.#ca = options.ca;
+    this.#days = options.certificateDays ?? 365;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** A new single-use token, valid for `validForMs`; bound to `deviceId` when given. */
+  issueToken(options: { readonly validForMs: number; readonly deviceId?: string; readonly labels?: Readonly<Record<string, string>> }): IssuedToken {
+    if (!Number.isSafeInteger(options.validForMs) || options.validForMs <= 0) {
+      throw new FleetError('EAI_FLEET_ENROL_ARGUMENT', `a token's validity must be a positive number of milliseconds, got ${options.validForMs}; a day is 86400000.`);
+    }
+    if (options.deviceId !== undefined) deviceName(options.deviceId);
+    const id = randomBytes(8).toString('hex');
+    const secret = randomBytes(32).toString('base64url');
+    const created = this.#now();
+    const expires = created + options.validForMs;
+    this.#db
+      .prepare('INSERT INTO enrolment_tokens (id, secret_sha256, created_ms, expires_ms, device_id, labels) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(id, sha256(Buffer.from(secret)), created, expires, options.deviceId ?? null, JSON.stringify(options.labels ?? {}));
+    return { token: `${PREFIX}.${id}.${secret}`, id, expiresUnixMs: expires, ...(options.deviceId === undefined ? {} : { deviceId: options.deviceId }) };
+  }
+
+  /**
+   * Checks the request and its token and returns the device's certificate. Throws PkiError for a
+   * request that does not parse or verify, FleetError `EAI_FLEET_ENROL_TOKEN` (no token, unknown,
+   * wrong secret: one answer for all, so a guesser learns nothing), `EAI_FLEET_ENROL_TOKEN_EXPIRED`,
+   * `EAI_FLEET_ENROL_TOKEN_USED`, `EAI_FLEET_ENROL_NAME`.
+   */
+  enrol(csr: string | Uint8Array): Enrolled {
+    const request = parseCsr(csr);
+    const deviceId = deviceName(request.commonName);
+    const token = this.#token(request.challengePassword);
+    const now = this.#now();
+    if (now > token.expiresUnixMs) {
+      throw new FleetError('EAI_FLEET_ENROL_TOKEN_EXPIRED', `enrolment token ${token.id} expired at ${new Date(token.expiresUnixMs).toISOString()}; ask the fleet operator for a new one (\`aios fleet token\`).`, { details: { id: token.id } });
+    }
+    if (token.usedUnixMs !== undefined) {
+      throw new FleetError('EAI_FLEET_ENROL_TOKEN_USED', `enrolment token ${token.id} was already used (by ${token.usedBy ?? 'a device'} at ${new Date(token.usedUnixMs).toISOString()}); a token enrols one device once. Ask the fleet operator for a new one.`, { details: { id: token.id } });
+    }
+    if (token.deviceId !== undefined && token.deviceId !== deviceId) {
+      throw new FleetError('EAI_FLEET_ENROL_NAME', `enrolment token ${token.id} is for device '${token.deviceId}', the request names '${deviceId}'; use the device id the token was made for.`, { details: { id: token.id, expected: token.deviceId, got: deviceId } });
+    }
+    const existing = this.#db.prepare('SELECT device_id FROM devices WHERE device_id = ?').get(deviceId);
+    if (existing !== undefined && token.deviceId !== deviceId) {
+      throw new FleetError('EAI_FLEET_ENROL_NAME', `device '${deviceId}' is already enrolled in fleet ${this.#fleet}; re-enrolling it (a new key, a replaced board) needs a token made for it: \`aios fleet token --device ${deviceId}\`.`, { details: { deviceId } });
+    }
+    const certificatePem = issueCertificate({ ca: this.#ca, subjectPublicKey: request.publicKey, commonName: deviceId, validDays: this.#days, usage: 'client', now: new Date(now) });
+    const keySha256 = createHash('sha256').update(request.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+    this.#db.transaction(() => {
+      // The token is spent only if no other request spent it since it was read.
+      const spent = this.#db.prepare('UPDATE enrolment_tokens SET used_ms = ?, used_by = ? WHERE id = ? AND used_ms IS NULL').run(now, deviceId, token.id);
+      if (spent.changes !== 1) throw new FleetError('EAI_FLEET_ENROL_TOKEN_USED', `enrolment token ${token.id} was used by another request at the same moment; ask the fleet operator for a new one.`, { details: { id: token.id } });
+      this.#db
+        .prepare('INSERT INTO devices (device_id, certificate_pem, key_sha256, enrolled_ms, labels) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET certificate_pem = excluded.certificate_pem, key_sha256 = excluded.key_sha256, enrolled_ms = excluded.enrolled_ms, labels = excluded.labels')
+        .run(deviceId, certificatePem, keySha256, now, JSON.stringify(token.labels));
+    })();
+    return { deviceId, fleet: this.#fleet, certificatePem, caCertificatePem: this.#ca.certificatePem, labels: token.labels };
+  }
+
+  /** Every token, newest first, without secrets. */
+  tokens(): readonly TokenInfo[] {
+    const rows = this.#db.prepare('SELECT * FROM enrolment_tokens ORDER BY created_ms DESC').all() as TokenRow[];
+    return rows.map(tokenInfo);
+  }
+
+  /** Makes an unused token worthless (marks it used by `revoked`). */
+  revokeToken(id: string): boolean {
+    return this.#db.prepare("UPDATE enrolment_tokens SET used_ms = ?, used_by = '(revoked)' WHERE id = ? AND used_ms IS NULL").run(this.#now(), id).changes === 1;
+  }
+
+  #token(text: string | undefined): TokenInfo {
+    const unknown = new FleetError('EAI_FLEET_ENROL_TOKEN', 'the enrolment request carries no valid token (its challengePassword must be the `aios1.…` token the fleet operator issued). Check the token baked into the device image.');
+    const parts = text?.split('.') ?? [];
+    if (parts.length !== 3 || parts[0] !== PREFIX) throw unknown;
+    const [, id, secret] = parts as [string, string, string];
+    const row = this.#db.prepare('SELECT * FROM enrolment_tokens WHERE id = ?').get(id) as TokenRow | undefined;
+    if (row === undefined) throw unknown;
+    const stored = Buffer.from(row.secret_sha256);
+    if (!timingSafeEqual(stored, sha256(Buffer.from(secret)))) throw unknown;
+    return tokenInfo(row);
+  }
+}
+
+interface TokenRow {
+  id: string;
+  secret_sha256: Uint8Array;
+  created_ms: number;
+  expires_ms: number;
+  device_id: string | null;
+  labels: string;
+  used_ms: number | null;
+  used_by: string | null;
+}
+
+function tokenInfo(row: TokenRow): TokenInfo {
+  return {
+    id: row.id,
+    createdUnixMs: row.created_ms,
+    expiresUnixMs: row.expires_ms,
+    labels: JSON.parse(row.labels) as Record<string, string>,
+    ...(row.device_id === null ? {} : { deviceId: row.device_id }),
+    ...(row.used_ms === null ? {} : { usedUnixMs: row.used_ms }),
+    ...(row.used_by === null ? {} : { usedBy: row.used_by }),
+  };
+}
+
+/** A name a device may take: a topic level, a certificate common name, not reserved for services. */
+function deviceName(name: string): string {
+  if (!isTopicLevel(name) || name.length > 64 || isReservedName(name)) {
+    throw new FleetError('EAI_FLEET_ENROL_NAME', `'${String(name).slice(0, 80)}' cannot be a device id: use 1 to 64 characters without '/', '+', '#', NUL or a leading '$', not starting with 'aios-' (reserved for controllers).`, { details: { name: String(name).slice(0, 80) } });
+  }
+  return name;
+}
+
+function sha256(bytes: Buffer): Buffer {
+  return createHash('sha256').update(bytes).digest();
+}
