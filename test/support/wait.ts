@@ -54,6 +54,8 @@ export interface MosquittoOptions {
   readonly config?: (port: number) => string;
   /** Where to write the configuration; needed with `config`. */
   readonly dir?: string;
+  /** The port the configuration listens on, when it was chosen beforehand (freePort). */
+  readonly port?: number;
 }
 
 /**
@@ -62,7 +64,7 @@ export interface MosquittoOptions {
  * drop to the `mosquitto` user and lose access to a test's key files, so `user root` is added).
  */
 export async function startMosquitto(binary: string, options: MosquittoOptions = {}): Promise<Mosquitto> {
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   let args = ['-p', String(port)];
   if (options.config !== undefined) {
     if (options.dir === undefined) throw new Error('startMosquitto: a config needs a dir to write it to');

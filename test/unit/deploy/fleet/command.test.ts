@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -9,6 +10,12 @@ import { aios } from '../../../../deploy/proto/gen/aios.js';
 import { generateSigningKey, type SigningKey } from '../../../../models/keys.js';
 import { addKey, bumpVersion, createRoot, removeKey, signRoot } from '../../../../models/trust/root.js';
 import { TrustStore } from '../../../../models/trust/trust-store.js';
+import { pae } from '../../../../models/bundle/dsse.js';
+import { publicKeyPem } from '../../../../models/keys.js';
+import { findBinary } from '../../../support/wait.js';
+
+const PROTOC = findBinary('protoc');
+const OPENSSL = findBinary('openssl');
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'aios-command-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -136,5 +143,25 @@ describe('signed commands', () => {
     expect(() => signCommand(spec(1), [])).toThrow(/signing key/u);
     const ack = rejection(Object.assign(new Error('nope'), { code: 'EAI_FLEET_COMMAND_EXPIRED' }), 4, NOW);
     expect(aios.fleet.v1.CommandAck.toObject(aios.fleet.v1.CommandAck.decode(aios.fleet.v1.CommandAck.encode(ack).finish()), { enums: String, longs: Number })).toEqual({ sequence: 4, result: 'REJECTED', code: 'EAI_FLEET_COMMAND_EXPIRED', message: 'nope', timeUnixMs: NOW });
+  });
+
+  it.skipIf(PROTOC === undefined || OPENSSL === undefined)('other tools read a command: protoc decodes it from the published schema, openssl verifies its signature over the PAE', () => {
+    const bytes = signCommand(spec(77, { stopPipeline: undefined, setConfig: { pipeline: 'front-camera', configYaml: 'nodes: []' } }), [ops1, ops2]);
+    const signed = aios.fleet.v1.SignedCommand.decode(bytes);
+    const dir = mkdtempSync(path.join(tmp, 'tools-'));
+    writeFileSync(path.join(dir, 'payload.bin'), signed.payload);
+    const text = execFileSync(PROTOC as string, ['--proto_path=deploy/proto', '--decode=aios.fleet.v1.Command', 'aios/fleet/v1/fleet.proto'], { input: signed.payload, encoding: 'utf8' });
+    expect(text).toContain('fleet: "warehouse"');
+    expect(text).toContain('device_id: "robot-7"');
+    expect(text).toContain('sequence: 77');
+    expect(text).toMatch(/set_config \{\s+pipeline: "front-camera"\s+config_yaml: "nodes: \[\]"\s+\}/u);
+    const outer = execFileSync(PROTOC as string, ['--proto_path=deploy/proto', '--decode=aios.fleet.v1.SignedCommand', 'aios/fleet/v1/fleet.proto'], { input: bytes, encoding: 'utf8' });
+    expect(outer).toContain('payload_type: "application/vnd.aios.command+protobuf"');
+    expect(outer).toContain(`keyid: "${ops1.keyid}"`);
+    writeFileSync(path.join(dir, 'pae.bin'), pae(signed.payloadType, signed.payload));
+    writeFileSync(path.join(dir, 'sig.bin'), signed.signatures[0]?.sig as Uint8Array);
+    writeFileSync(path.join(dir, 'deploy.pub'), publicKeyPem(ops1.publicKey));
+    const verified = execFileSync(OPENSSL as string, ['pkeyutl', '-verify', '-pubin', '-inkey', 'deploy.pub', '-rawin', '-in', 'pae.bin', '-sigfile', 'sig.bin'], { cwd: dir, encoding: 'utf8' });
+    expect(verified).toContain('Signature Verified Successfully');
   });
 });
