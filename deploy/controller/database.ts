@@ -25,7 +25,41 @@ export const MIGRATIONS: readonly string[] = [
     certificate_pem    TEXT NOT NULL,
     key_sha256         TEXT NOT NULL,         -- SHA-256 of the device key's SPKI
     enrolled_ms        INTEGER NOT NULL,
-    labels             TEXT NOT NULL          -- JSON object
+    labels             TEXT NOT NULL,         -- JSON object: the token's labels, then the birth's
+    state              TEXT NOT NULL DEFAULT 'never-seen',  -- online | offline | lost | never-seen
+    state_ms           INTEGER,
+    last_seen_ms       INTEGER,
+    boot_id            TEXT,
+    runtime_version    TEXT,
+    birth              BLOB,                  -- the last DeviceBirth as received
+    telemetry          BLOB,                  -- the last Telemetry as received
+    telemetry_seq      INTEGER,
+    telemetry_dropped  INTEGER NOT NULL DEFAULT 0,   -- records the device's spool dropped (gaps)
+    last_sequence      INTEGER NOT NULL DEFAULT 0    -- highest command sequence issued or reported
+  );
+  CREATE TABLE commands (
+    device_id    TEXT NOT NULL,
+    sequence     INTEGER NOT NULL,
+    action       TEXT NOT NULL,
+    payload      BLOB NOT NULL,               -- the SignedCommand as sent
+    created_ms   INTEGER NOT NULL,
+    expires_ms   INTEGER NOT NULL,
+    status       TEXT NOT NULL,               -- sent | accepted | done | rejected | failed | expired
+    code         TEXT,
+    message      TEXT,
+    updated_ms   INTEGER NOT NULL,
+    PRIMARY KEY (device_id, sequence)
+  );
+  CREATE TABLE events (
+    id          INTEGER PRIMARY KEY,
+    device_id   TEXT NOT NULL,
+    sequence    INTEGER NOT NULL,
+    time_ms     INTEGER NOT NULL,
+    severity    TEXT NOT NULL,
+    code        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    detail      TEXT,                         -- JSON
+    UNIQUE (device_id, sequence)
   );
   `,
 ];

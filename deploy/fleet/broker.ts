@@ -1,8 +1,8 @@
-import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import tls, { type TLSSocket } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
 import { FleetAcl, type FleetAclOptions } from './broker-acl.js';
+import { FleetError } from './errors.js';
 
 /**
  * The MQTT broker `aios controller` embeds so that one command runs a fleet: aedes (MQTT 3.1.1;
@@ -72,8 +72,7 @@ export class FleetBroker {
       socket.destroy();
       broker.#refuse('connect', '(no valid certificate)', error.message);
     });
-    server.listen(options.port ?? 8883, options.host ?? '127.0.0.1');
-    await once(server, 'listening');
+    await listen(server, options.port ?? 8883, options.host ?? '127.0.0.1', 'the MQTT broker', '--broker-port');
     return broker;
   }
 
@@ -155,4 +154,23 @@ function certificateName(client: Client): string | undefined {
   const cn = socket.getPeerCertificate().subject?.CN;
   // Several CNs (an array here) make the name ambiguous: refused.
   return typeof cn === 'string' ? cn : undefined;
+}
+
+/** Listens, or FleetError EAI_FLEET_LISTEN naming the address and the option that moves it. */
+export async function listen(server: import('node:net').Server, port: number, host: string, what: string, option: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const failed = (error: NodeJS.ErrnoException): void => {
+      reject(
+        new FleetError('EAI_FLEET_LISTEN', `${what} cannot listen on ${host}:${port} (${error.code ?? error.message}${error.code === 'EADDRINUSE' ? ': another program, or another controller, has that port' : ''}). Choose another with ${option}, or stop what holds it.`, {
+          cause: error,
+          details: { host, port },
+        }),
+      );
+    };
+    server.once('error', failed);
+    server.listen(port, host, () => {
+      server.off('error', failed);
+      resolve();
+    });
+  });
 }

@@ -1,7 +1,9 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { UsageError } from '../../../drivers/errors.js';
+import { privateKeyFromPem, type SigningKey } from '../../../models/keys.js';
+import { Controller, prepareControllerState } from '../../controller/controller.js';
 import { DEFAULT_CONTROLLER } from '../../fleet/broker-acl.js';
 import { mosquittoConfig } from '../../fleet/mosquitto-config.js';
 import { collectList, positiveInt } from '../args.js';
@@ -27,8 +29,74 @@ interface BrokerConfigOptions {
  * confined to its own topic subtree), for fleets that run their own broker instead of the
  * controller's embedded one.
  */
+interface StartOptions {
+  fleet: string;
+  state: string;
+  deployKey: string[];
+  hostname: string[];
+  broker?: string;
+  bind: string;
+  brokerPort: number;
+  enrolPort: number;
+  apiPort: number;
+}
+
 export function controllerCommand(): Command {
-  const controller = new Command('controller').description('the fleet controller');
+  const controller = new Command('controller').description('the fleet controller: broker, device registry, enrolment, signed commands (docs/fleet.md)');
+  controller
+    .command('init')
+    .description('make the fleet CA and the controller certificates in --state (start does this too); prints where the CA is, to copy into device images')
+    .requiredOption('--fleet <name>', 'the fleet name')
+    .addOption(new Option('--state <dir>', 'CA, certificates and the database').default('/var/lib/aios/controller'))
+    .addOption(new Option('--hostname <name>', 'a name or address devices dial (repeat)').argParser(collectList).default([]))
+    .option('--json', 'print { ca, hostnames } as JSON')
+    .action(async (options: { fleet: string; state: string; hostname: string[]; json?: boolean }) => {
+      const prepared = await prepareControllerState(options.state, options.fleet, options.hostname.length === 0 ? undefined : options.hostname);
+      const ca = path.join(path.resolve(options.state), 'ca.pem');
+      if (options.json === true) process.stdout.write(`${JSON.stringify({ ca, hostnames: prepared.hostnames }, null, 2)}\n`);
+      else process.stdout.write(`fleet CA ${ca} (copy it into device images; ca.key beside it stays on this host, mode 0600)\nserver certificate for ${prepared.hostnames.join(', ')}\n`);
+    });
+  controller
+    .command('start')
+    .description('run the fleet controller until SIGTERM/SIGINT: the embedded broker (or --broker), enrolment over HTTPS, the operator API on loopback; makes the fleet CA in --state on first start')
+    .requiredOption('--fleet <name>', 'the fleet name')
+    .addOption(new Option('--state <dir>', 'CA, certificates and the database').default('/var/lib/aios/controller'))
+    .addOption(new Option('--deploy-key <pem>', "a deploy-role private key that signs commands (repeat up to the trust root's deploy threshold)").argParser(collectList).default([]))
+    .addOption(new Option('--hostname <name>', 'a name or address devices dial (repeat); goes into the server certificate').argParser(collectList).default([]))
+    .option('--broker <url>', 'use this broker (mqtts://host:port) instead of the embedded one')
+    .addOption(new Option('--bind <address>', 'address of the broker and enrolment listeners').default('0.0.0.0'))
+    .addOption(new Option('--broker-port <n>', 'embedded broker (MQTT over TLS)').default(8883).argParser(positiveInt('--broker-port')))
+    .addOption(new Option('--enrol-port <n>', 'enrolment (HTTPS)').default(8443).argParser(positiveInt('--enrol-port')))
+    .addOption(new Option('--api-port <n>', 'operator API (HTTP on 127.0.0.1 only)').default(8080).argParser(positiveInt('--api-port')))
+    .addHelpText('after', `
+Example:
+  aios controller start --fleet warehouse --state /var/lib/aios/controller \
+      --deploy-key /etc/aios/keys/ops-1.pem --deploy-key /etc/aios/keys/ops-2.pem --hostname fleet.example.com`)
+    .action(async (options: StartOptions) => {
+      if (options.deployKey.length === 0) throw new UsageError('EAI_CLI_USAGE', "--deploy-key is required: commands are signed with the trust root's deploy keys (aios keys generate; list them in the root's deploy role).");
+      const keys: SigningKey[] = [];
+      for (const file of options.deployKey) keys.push(privateKeyFromPem(await readFile(file), file));
+      const log = (line: Record<string, unknown>): void => void process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...line })}\n`);
+      const running = await Controller.start({
+        fleet: options.fleet,
+        state: options.state,
+        deployKeys: keys,
+        ...(options.hostname.length === 0 ? {} : { hostnames: options.hostname }),
+        ...(options.broker === undefined ? {} : { broker: options.broker }),
+        brokerHost: options.bind,
+        brokerPort: options.brokerPort,
+        enrolHost: options.bind,
+        enrolPort: options.enrolPort,
+        apiPort: options.apiPort,
+        log,
+      });
+      const why = await new Promise<string>((resolve) => {
+        process.once('SIGTERM', () => resolve('SIGTERM'));
+        process.once('SIGINT', () => resolve('SIGINT'));
+      });
+      log({ msg: 'stopping', why });
+      await running.stop();
+    });
   controller
     .command('broker-config')
     .description("write a broker configuration enforcing the fleet's TLS and topic rules (mosquitto.conf and aios-fleet.acl in --out)")

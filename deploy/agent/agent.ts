@@ -1,0 +1,324 @@
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import mqtt, { type MqttClient } from 'mqtt';
+import { AiosError } from '../../drivers/errors.js';
+import { ModelStore } from '../../models/store/model-store.js';
+import { TrustStore } from '../../models/trust/trust-store.js';
+import { createBuiltinHal } from '../../drivers/builtin.js';
+import type { HalRegistry } from '../../drivers/hal/registry.js';
+import { SysRoot } from '../../drivers/hal/sysroot.js';
+import type { DeviceInfo } from '../../drivers/hal/types.js';
+import { Pipeline } from '../../runtime/pipeline/pipeline.js';
+import { VERSION } from '../../runtime/version.js';
+import { aios } from '../proto/gen/aios.js';
+import { CommandGate, rejection, type AdmittedCommand } from '../fleet/command.js';
+import { FleetError } from '../fleet/errors.js';
+import { Spool } from '../fleet/spool.js';
+import { deviceTopic } from '../fleet/topics.js';
+import type { AgentConfig } from './config.js';
+import { ensureEnrolled, type DeviceIdentity } from './enrol.js';
+import { describeHardware } from './hardware.js';
+import { Publisher } from './publisher.js';
+import { TelemetrySampler } from './telemetry.js';
+
+/**
+ * `aios agent`: a device's side of the fleet. It enrols on first boot, connects to the broker
+ * with its certificate (a persistent session, a last will saying LOST), publishes its birth and
+ * ONLINE status on every connect, runs its pipelines, sends telemetry at the configured rate,
+ * and obeys commands the CommandGate admits, answering each with acks. Telemetry, events and
+ * acks all go through the on-disk spool (deploy/fleet/spool.ts), so a broker outage or a reboot
+ * delays them but loses nothing within the spool's byte budget.
+ *
+ * Nothing a message from outside carries can stop the agent: a refused command is answered and
+ * logged, a failing pipeline is reported, a lost connection is retried.
+ */
+export interface AgentOptions {
+  /** The machine the HAL probes: `/` (default), or a captured system root (tests, demos). */
+  readonly sysroot?: string;
+  readonly log?: (line: Record<string, unknown>) => void;
+  readonly now?: () => number;
+  /** Called when the agent is up and on each telemetry tick: systemd's notify and watchdog hooks. */
+  readonly onAlive?: (what: 'ready' | 'watchdog') => void;
+}
+
+interface RunningPipeline {
+  file: string;
+  pipeline: Pipeline | undefined;
+  running: boolean;
+  error?: string;
+}
+
+export class Agent {
+  readonly config: AgentConfig;
+  readonly #options: AgentOptions;
+  readonly #log: (line: Record<string, unknown>) => void;
+  readonly #now: () => number;
+  readonly #identity: DeviceIdentity;
+  readonly #hardware: aios.fleet.v1.IHardware;
+  readonly #sampler: TelemetrySampler;
+  readonly #trust: TrustStore;
+  readonly #gate: CommandGate;
+  readonly #spool: Spool;
+  readonly #client: MqttClient;
+  readonly #publisher: Publisher;
+  readonly #pipelines: Map<string, RunningPipeline>;
+  readonly #bootId: string;
+  readonly #startedAt: number;
+  #timer: NodeJS.Timeout | undefined;
+  #commandQueue: Promise<unknown> = Promise.resolve();
+  #droppedReported = 0;
+  #lastTick = 0;
+  #stopped = false;
+
+  private constructor(config: AgentConfig, options: AgentOptions, parts: { identity: DeviceIdentity; hardware: aios.fleet.v1.IHardware; sys: SysRoot; devices: readonly DeviceInfo[]; hal: HalRegistry; trust: TrustStore; gate: CommandGate; spool: Spool; client: MqttClient; pipelines: Map<string, RunningPipeline>; bootId: string }) {
+    this.config = config;
+    this.#options = options;
+    this.#log = options.log ?? (() => undefined);
+    this.#now = options.now ?? Date.now;
+    this.#identity = parts.identity;
+    this.#hardware = parts.hardware;
+    this.#sampler = new TelemetrySampler({
+      sys: parts.sys,
+      devices: parts.devices,
+      hal: parts.hal,
+      pipelines: () => [...this.#pipelines.values()].flatMap((p) => (p.pipeline === undefined ? [] : [p.pipeline.stats()])),
+      onProblem: (problem) => this.#log({ msg: 'telemetry source failed', source: problem.source, error: problem.message }),
+    });
+    this.#trust = parts.trust;
+    this.#gate = parts.gate;
+    this.#spool = parts.spool;
+    this.#client = parts.client;
+    this.#pipelines = parts.pipelines;
+    this.#bootId = parts.bootId;
+    this.#startedAt = this.#now();
+    this.#publisher = new Publisher(parts.spool, parts.client, { window: 16, log: this.#log });
+  }
+
+  static async start(config: AgentConfig, options: AgentOptions): Promise<Agent> {
+    const log = options.log ?? (() => undefined);
+    const identity = await ensureEnrolled({ device: config.device, state: config.state, ca: config.ca, ...(config.controller === undefined ? {} : { controller: config.controller }), ...(config.token === undefined ? {} : { token: config.token }) });
+    let trust: TrustStore;
+    try {
+      trust = await TrustStore.open(config.trust);
+    } catch (cause) {
+      throw new FleetError('EAI_AGENT_TRUST', `the agent needs this device's trust store at ${config.trust} (${(cause as Error).message}). Install the fleet's trust root first: aios trust install root.json --dir ${config.trust}.`, { cause });
+    }
+    const sys = await SysRoot.open(options.sysroot ?? '/');
+    const hal = createBuiltinHal({ sys });
+    const devices = await hal.discover(sys);
+    const hardware = await describeHardware(sys, devices).catch((error: unknown) => {
+      log({ msg: 'hardware description failed', error: String(error) });
+      return {};
+    });
+    const gate = new CommandGate(trust, { fleet: config.fleet, deviceId: config.device }, options.now === undefined ? {} : { now: options.now });
+    const spool = await Spool.open(path.join(config.state, 'spool'), { maxBytes: config.spoolBytes, warn: (problem) => log({ msg: 'spool', code: problem.code, problem: problem.message }) });
+    const pipelines = new Map<string, RunningPipeline>();
+    for (const file of config.pipelines) {
+      const running: RunningPipeline = { file, pipeline: undefined, running: false };
+      try {
+        await startPipeline(running);
+      } catch (error) {
+        running.error = error instanceof Error ? error.message : String(error);
+        log({ msg: 'pipeline failed to start', file, error: running.error });
+      }
+      pipelines.set(running.pipeline?.name ?? path.basename(file, path.extname(file)), running);
+    }
+    const bootId = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => randomUUID())).trim();
+    const statusTopic = deviceTopic(config.fleet, config.device, 'status');
+    const lost = aios.fleet.v1.DeviceStatus.encode({ state: aios.fleet.v1.DeviceStatus.State.LOST, bootId }).finish();
+    const client = mqtt.connect(config.broker, {
+      clientId: config.device,
+      protocolVersion: 4,
+      clean: false,
+      reconnectPeriod: 2000,
+      connectTimeout: 15_000,
+      ca: identity.caPem,
+      cert: identity.certificatePem,
+      key: identity.keyPem,
+      will: { topic: statusTopic, payload: Buffer.from(lost), qos: 1, retain: true },
+    });
+    const agent = new Agent(config, options, { identity, hardware, sys, devices, hal, trust, gate, spool, client, pipelines, bootId });
+    agent.#wire();
+    return agent;
+  }
+
+  /** The identity the agent connected with (no key material). */
+  get deviceId(): string {
+    return this.config.device;
+  }
+
+  get connected(): boolean {
+    return this.#client.connected;
+  }
+
+  /** When the telemetry loop last completed a record (0 before the first): a watchdog's evidence of progress. */
+  get lastTickUnixMs(): number {
+    return this.#lastTick;
+  }
+
+  spoolStats(): ReturnType<Spool['stats']> {
+    return this.#spool.stats();
+  }
+
+  /** Publishes OFFLINE, stops pipelines, flushes the spool and disconnects. */
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    await this.#commandQueue.catch(() => undefined);
+    if (this.#client.connected) {
+      const offline = aios.fleet.v1.DeviceStatus.encode({ state: aios.fleet.v1.DeviceStatus.State.OFFLINE, sinceUnixMs: this.#now(), bootId: this.#bootId }).finish();
+      await this.#client.publishAsync(deviceTopic(this.config.fleet, this.config.device, 'status'), Buffer.from(offline), { qos: 1, retain: true }).catch(() => undefined);
+    }
+    await this.#publisher.stop();
+    for (const p of this.#pipelines.values()) await p.pipeline?.stop().catch(() => undefined);
+    await this.#client.endAsync().catch(() => undefined);
+    await this.#spool.close();
+  }
+
+  #wire(): void {
+    const { fleet, device } = this.config;
+    this.#client.on('connect', () => {
+      this.#log({ msg: 'connected', broker: this.config.broker });
+      void this.#announce().catch((error: unknown) => this.#log({ msg: 'announce failed', error: String(error) }));
+    });
+    this.#client.on('error', (error) => this.#log({ msg: 'connection problem', error: error.message }));
+    this.#client.on('close', () => this.#log({ msg: 'disconnected' }));
+    this.#client.on('message', (topic, payload) => {
+      if (topic !== deviceTopic(fleet, device, 'commands')) return;
+      // One command at a time, in arrival order: sequences must be admitted in order.
+      this.#commandQueue = this.#commandQueue.then(() => this.#command(payload)).catch((error: unknown) => this.#log({ msg: 'command handling failed', error: String(error) }));
+    });
+    this.#publisher.start();
+    this.#timer = setInterval(() => void this.#tick(), this.config.telemetryIntervalMs);
+    this.#options.onAlive?.('ready');
+  }
+
+  async #announce(): Promise<void> {
+    const { fleet, device } = this.config;
+    await this.#client.subscribeAsync(deviceTopic(fleet, device, 'commands'), { qos: 1 });
+    const online = aios.fleet.v1.DeviceStatus.encode({ state: aios.fleet.v1.DeviceStatus.State.ONLINE, sinceUnixMs: this.#now(), bootId: this.#bootId }).finish();
+    await this.#client.publishAsync(deviceTopic(fleet, device, 'birth'), Buffer.from(await this.#birth()), { qos: 1, retain: true });
+    await this.#client.publishAsync(deviceTopic(fleet, device, 'status'), Buffer.from(online), { qos: 1, retain: true });
+  }
+
+  async #birth(): Promise<Uint8Array> {
+    const models = await ModelStore.open(this.config.models)
+      .then((store) => store.list())
+      .catch(() => []);
+    return aios.fleet.v1.DeviceBirth.encode({
+      deviceId: this.config.device,
+      fleet: this.config.fleet,
+      runtimeVersion: VERSION,
+      bootId: this.#bootId,
+      startedUnixMs: this.#startedAt,
+      hardware: this.#hardware,
+      models: models.map((m) => ({ model: m.model, activeVersion: m.active?.version ?? '', previousVersion: m.previous?.version ?? '', activeManifestSha256: m.active?.manifestDigest ?? '' })),
+      pipelines: [...this.#pipelines.entries()].map(([name, p]) => ({
+        name,
+        state: p.error !== undefined ? aios.fleet.v1.PipelineInfo.State.FAILED : p.running ? aios.fleet.v1.PipelineInfo.State.RUNNING : aios.fleet.v1.PipelineInfo.State.STOPPED,
+        error: p.error ?? '',
+      })),
+      labels: { ...this.#identity.labels, ...this.config.labels },
+      lastCommandSequence: this.#gate.lastSequence,
+      trustRootVersion: this.#trust.root.signed.version,
+    }).finish();
+  }
+
+  async #tick(): Promise<void> {
+    if (this.#stopped) return;
+    try {
+      const sample = await this.#sampler.sample(this.#now());
+      const spool = this.#spool.stats();
+      const record = aios.fleet.v1.Telemetry.encode({ ...sample, timeUnixMs: sample.timeUnixMs ?? this.#now(), sequence: spool.nextSeq, spoolDropped: spool.dropped - this.#droppedReported }).finish();
+      this.#droppedReported = spool.dropped;
+      await this.#spool.append(record, { topic: deviceTopic(this.config.fleet, this.config.device, 'telemetry'), qos: 1 });
+      this.#lastTick = this.#now();
+      this.#options.onAlive?.('watchdog');
+    } catch (error) {
+      this.#log({ msg: 'telemetry failed', error: error instanceof Error ? error.message : String(error) });
+    }
+  }
+
+  async #command(payload: Buffer): Promise<void> {
+    let admitted: AdmittedCommand;
+    try {
+      admitted = await this.#gate.admit(payload);
+    } catch (error) {
+      this.#log({ msg: 'command refused', code: (error as { code?: string }).code, error: error instanceof Error ? error.message : String(error) });
+      await this.#ack(rejection(error, sequenceOf(payload), this.#now()));
+      return;
+    }
+    this.#log({ msg: 'command accepted', sequence: admitted.sequence, action: admitted.action });
+    await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.ACCEPTED, timeUnixMs: this.#now() });
+    try {
+      const message = await this.#execute(admitted);
+      await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.DONE, message, timeUnixMs: this.#now() });
+    } catch (error) {
+      const code = error instanceof AiosError ? error.code : 'EAI_INTERNAL';
+      this.#log({ msg: 'command failed', sequence: admitted.sequence, code, error: error instanceof Error ? error.message : String(error) });
+      await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.FAILED, code, message: error instanceof Error ? error.message : String(error), timeUnixMs: this.#now() });
+    }
+  }
+
+  async #execute(admitted: AdmittedCommand): Promise<string> {
+    const c = admitted.command;
+    switch (admitted.action) {
+      case 'stopPipeline': {
+        const p = this.#pipeline(c.stopPipeline?.name ?? '');
+        p.running = false;
+        await p.pipeline?.stop();
+        await this.#republishBirth();
+        return `pipeline ${c.stopPipeline?.name} stopped`;
+      }
+      case 'startPipeline': {
+        const name = c.startPipeline?.name ?? '';
+        const p = this.#pipeline(name);
+        if (!p.running) await startPipeline(p);
+        await this.#republishBirth();
+        return `pipeline ${name} running`;
+      }
+      default:
+        throw new FleetError('EAI_AGENT_UNSUPPORTED', `this agent (${VERSION}) does not carry out '${admitted.action}' commands yet; the command was verified and not acted on.`, { details: { action: admitted.action } });
+    }
+  }
+
+  #pipeline(name: string): RunningPipeline {
+    const p = this.#pipelines.get(name);
+    if (p === undefined) throw new FleetError('EAI_AGENT_PIPELINE_UNKNOWN', `this device runs no pipeline named '${name}'; it runs ${[...this.#pipelines.keys()].join(', ') || 'none'}.`, { details: { name } });
+    return p;
+  }
+
+  async #republishBirth(): Promise<void> {
+    if (!this.#client.connected) return;
+    await this.#client.publishAsync(deviceTopic(this.config.fleet, this.config.device, 'birth'), Buffer.from(await this.#birth()), { qos: 1, retain: true });
+  }
+
+  async #ack(ack: aios.fleet.v1.ICommandAck): Promise<void> {
+    await this.#spool.append(aios.fleet.v1.CommandAck.encode(ack).finish(), { topic: deviceTopic(this.config.fleet, this.config.device, 'acks'), qos: 1 });
+  }
+}
+
+/** A fresh Pipeline from the file (a stopped one does not start again), started. */
+async function startPipeline(p: RunningPipeline): Promise<void> {
+  delete p.error;
+  const pipeline = await Pipeline.fromFile(p.file, { statsIntervalMs: 0 });
+  pipeline.once('done', () => {
+    if (p.pipeline === pipeline) p.running = false;
+  });
+  p.pipeline = pipeline;
+  await pipeline.start();
+  p.running = true;
+}
+
+/** The sequence of a command that was refused, when it can be read at all (for the ack). */
+function sequenceOf(payload: Uint8Array): number {
+  try {
+    const command = aios.fleet.v1.Command.decode(aios.fleet.v1.SignedCommand.decode(payload).payload);
+    const n = Number(command.sequence);
+    return Number.isSafeInteger(n) ? n : 0;
+  } catch {
+    return 0;
+  }
+}

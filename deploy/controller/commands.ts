@@ -1,0 +1,152 @@
+import { EventEmitter } from 'node:events';
+import type { SigningKey } from '../../models/keys.js';
+import { aios } from '../proto/gen/aios.js';
+import { signCommand, type CommandAction, type CommandSpec } from '../fleet/command.js';
+import { FleetError } from '../fleet/errors.js';
+import { deviceTopic } from '../fleet/topics.js';
+import { wholeNumber } from '../fleet/wire.js';
+import type { Database } from './database.js';
+
+/**
+ * Commands from the controller to devices: each gets the device's next sequence number (one
+ * above the highest the controller issued or the device reported in its birth), is signed with
+ * the controller's deploy keys, recorded, and published at QoS 1 to the device's commands topic.
+ * Acks move it along (sent → accepted → done, or rejected / failed). A device's birth re-sends
+ * what it has not acknowledged and is not expired, in order: after a broker restart the queued
+ * copies are gone, and the device refuses duplicates by sequence anyway.
+ */
+export type CommandStatus = 'sent' | 'accepted' | 'done' | 'rejected' | 'failed';
+
+export interface CommandRecord {
+  readonly deviceId: string;
+  readonly sequence: number;
+  readonly action: CommandAction;
+  readonly status: CommandStatus;
+  readonly code?: string;
+  readonly message?: string;
+  readonly createdUnixMs: number;
+  readonly expiresUnixMs: number;
+  readonly updatedUnixMs: number;
+}
+
+/** One action: exactly one of Command's oneof members. */
+export type CommandBody = Omit<CommandSpec, 'fleet' | 'deviceId' | 'sequence' | 'issuedUnixMs' | 'expiresUnixMs'>;
+
+export interface CommandQueueOptions {
+  readonly fleet: string;
+  /** A threshold of the trust root's deploy keys. */
+  readonly keys: readonly SigningKey[];
+  readonly publish: (topic: string, payload: Uint8Array) => Promise<void>;
+  /** How long a command stays valid; default one hour. */
+  readonly ttlMs?: number;
+  readonly now?: () => number;
+}
+
+export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
+  readonly #db: Database;
+  readonly #options: CommandQueueOptions;
+  readonly #now: () => number;
+
+  constructor(db: Database, options: CommandQueueOptions) {
+    super();
+    this.#db = db;
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Signs, records and publishes `body` for `deviceId`; resolves once the broker has it. */
+  async send(deviceId: string, body: CommandBody, options: { readonly ttlMs?: number } = {}): Promise<CommandRecord> {
+    const now = this.#now();
+    const expires = now + (options.ttlMs ?? this.#options.ttlMs ?? 3_600_000);
+    const { sequence, payload } = this.#db.transaction(() => {
+      const row = this.#db.prepare('SELECT last_sequence FROM devices WHERE device_id = ?').get(deviceId) as { last_sequence: number } | undefined;
+      if (row === undefined) throw new FleetError('EAI_FLEET_DEVICE_UNKNOWN', `device '${deviceId}' is not enrolled in fleet ${this.#options.fleet}; list devices with \`aios fleet devices\`.`, { details: { deviceId } });
+      const seq = row.last_sequence + 1;
+      const bytes = signCommand({ ...body, fleet: this.#options.fleet, deviceId, sequence: seq, issuedUnixMs: now, expiresUnixMs: expires }, this.#options.keys);
+      const name = aios.fleet.v1.Command.decode(aios.fleet.v1.SignedCommand.decode(bytes).payload).action as CommandAction;
+      this.#db.prepare('UPDATE devices SET last_sequence = ? WHERE device_id = ?').run(seq, deviceId);
+      this.#db.prepare("INSERT INTO commands (device_id, sequence, action, payload, created_ms, expires_ms, status, updated_ms) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)").run(deviceId, seq, name, Buffer.from(bytes), now, expires, now);
+      return { sequence: seq, payload: bytes };
+    })();
+    await this.#options.publish(deviceTopic(this.#options.fleet, deviceId, 'commands'), payload);
+    const record = this.get(deviceId, sequence) as CommandRecord;
+    this.emit('update', record);
+    return record;
+  }
+
+  /** A device's ack for one of its commands. */
+  acknowledge(deviceId: string, ack: aios.fleet.v1.CommandAck): void {
+    const R = aios.fleet.v1.CommandAck.Result;
+    const status: CommandStatus | undefined = ack.result === R.ACCEPTED ? 'accepted' : ack.result === R.DONE ? 'done' : ack.result === R.REJECTED ? 'rejected' : ack.result === R.FAILED ? 'failed' : undefined;
+    const sequence = wholeNumber(ack.sequence);
+    if (status === undefined || sequence === 0) return;
+    // An ACCEPTED arriving after the DONE (replayed by the device's spool) must not move it back.
+    const changed = this.#db
+      .prepare("UPDATE commands SET status = ?, code = ?, message = ?, updated_ms = ? WHERE device_id = ? AND sequence = ? AND NOT (? = 'accepted' AND status IN ('done', 'failed', 'rejected'))")
+      .run(status, ack.code || null, ack.message.slice(0, 4000) || null, this.#now(), deviceId, sequence, status).changes;
+    if (changed === 1) this.emit('update', this.get(deviceId, sequence) as CommandRecord);
+  }
+
+  /** On a device's birth: its reported sequence, and what it has not acknowledged re-sent in order. */
+  async resend(deviceId: string, lastAccepted: number): Promise<number> {
+    const now = this.#now();
+    const pending = this.#db.prepare("SELECT sequence, payload FROM commands WHERE device_id = ? AND status = 'sent' AND sequence > ? AND expires_ms > ? ORDER BY sequence").all(deviceId, lastAccepted, now) as { sequence: number; payload: Uint8Array }[];
+    for (const p of pending) await this.#options.publish(deviceTopic(this.#options.fleet, deviceId, 'commands'), p.payload);
+    return pending.length;
+  }
+
+  get(deviceId: string, sequence: number): CommandRecord | undefined {
+    const row = this.#db.prepare('SELECT * FROM commands WHERE device_id = ? AND sequence = ?').get(deviceId, sequence) as CommandRow | undefined;
+    return row === undefined ? undefined : record(row);
+  }
+
+  list(deviceId?: string, limit = 100): readonly CommandRecord[] {
+    const rows = (deviceId === undefined ? this.#db.prepare('SELECT * FROM commands ORDER BY created_ms DESC LIMIT ?').all(limit) : this.#db.prepare('SELECT * FROM commands WHERE device_id = ? ORDER BY sequence DESC LIMIT ?').all(deviceId, limit)) as CommandRow[];
+    return rows.map(record);
+  }
+
+  /** Resolves when the command reaches one of `statuses`, or rejects after `timeoutMs`. */
+  async until(deviceId: string, sequence: number, statuses: readonly CommandStatus[], timeoutMs: number): Promise<CommandRecord> {
+    const current = this.get(deviceId, sequence);
+    if (current !== undefined && statuses.includes(current.status)) return current;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off('update', listener);
+        reject(new FleetError('EAI_FLEET_COMMAND_TIMEOUT', `command ${sequence} to ${deviceId} did not reach ${statuses.join(' or ')} within ${timeoutMs} ms (it is ${this.get(deviceId, sequence)?.status ?? 'unknown'}); the device may be offline, and gets it when it reconnects unless it expires first.`, { details: { deviceId, sequence } }));
+      }, timeoutMs);
+      const listener = (r: CommandRecord): void => {
+        if (r.deviceId !== deviceId || r.sequence !== sequence || !statuses.includes(r.status)) return;
+        clearTimeout(timer);
+        this.off('update', listener);
+        resolve(r);
+      };
+      this.on('update', listener);
+    });
+  }
+}
+
+interface CommandRow {
+  device_id: string;
+  sequence: number;
+  action: CommandAction;
+  status: CommandStatus;
+  code: string | null;
+  message: string | null;
+  created_ms: number;
+  expires_ms: number;
+  updated_ms: number;
+}
+
+function record(row: CommandRow): CommandRecord {
+  return {
+    deviceId: row.device_id,
+    sequence: row.sequence,
+    action: row.action,
+    status: row.status,
+    ...(row.code === null ? {} : { code: row.code }),
+    ...(row.message === null ? {} : { message: row.message }),
+    createdUnixMs: row.created_ms,
+    expiresUnixMs: row.expires_ms,
+    updatedUnixMs: row.updated_ms,
+  };
+}

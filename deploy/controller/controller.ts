@@ -1,0 +1,195 @@
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import mqtt, { type MqttClient } from 'mqtt';
+import { writeFileAtomic } from '../../models/atomic-write.js';
+import type { SigningKey } from '../../models/keys.js';
+import { DEFAULT_CONTROLLER } from '../fleet/broker-acl.js';
+import { FleetError } from '../fleet/errors.js';
+import { FleetBroker, listen } from '../fleet/broker.js';
+import { createCertificateAuthority, issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
+import { everyDevice, topicLevel } from '../fleet/topics.js';
+import { wholeNumber } from '../fleet/wire.js';
+import { CommandQueue } from './commands.js';
+import { openControllerDatabase, type Database } from './database.js';
+import { DeviceRegistry } from './devices.js';
+import { Enrolment } from './enrolment.js';
+import { enrolmentHandler, operatorHandler } from './http-api.js';
+
+/**
+ * `aios controller`: one process that runs a fleet. It keeps the fleet CA and its own
+ * certificates in its state folder (made on first start), runs the embedded broker unless told
+ * to use another, connects to the broker as `aios-controller`, keeps the device registry from
+ * what devices publish, sends signed commands, answers enrolment requests over HTTPS and serves
+ * the operator API on loopback.
+ *
+ * State folder: `ca.pem` and `ca.key` (0600: whoever holds it can admit devices), `server.pem`
+ * / `server.key` (broker and enrolment TLS), `controller.pem` / `controller.key` (its MQTT
+ * identity), `controller.db`.
+ */
+export interface ControllerOptions {
+  readonly fleet: string;
+  readonly state: string;
+  /** Deploy-role keys (a threshold of them) that sign commands. */
+  readonly deployKeys: readonly SigningKey[];
+  /** Names devices dial: the server certificate's subjectAltNames. Default: localhost, 127.0.0.1, the host name. */
+  readonly hostnames?: readonly string[];
+  /** An external broker (`mqtts://host:port`); default: the embedded one. */
+  readonly broker?: string;
+  /** Embedded broker: address and port. Default 0.0.0.0:8883. */
+  readonly brokerHost?: string;
+  readonly brokerPort?: number;
+  /** Enrolment HTTPS: default 0.0.0.0:8443. */
+  readonly enrolHost?: string;
+  readonly enrolPort?: number;
+  /** Operator API (plain HTTP): default 127.0.0.1:8080. */
+  readonly apiHost?: string;
+  readonly apiPort?: number;
+  /** Certificate names the embedded broker treats as controllers (replicas, operator tools). Default ['aios-controller']. */
+  readonly controllers?: readonly string[];
+  /** Structured log lines (the daemon prints them as JSON). */
+  readonly log?: (line: Record<string, unknown>) => void;
+  readonly now?: () => number;
+}
+
+export class Controller {
+  readonly fleet: string;
+  readonly registry: DeviceRegistry;
+  readonly commands: CommandQueue;
+  readonly enrolment: Enrolment;
+  readonly ca: CertificateAuthority;
+  readonly #db: Database;
+  readonly #client: MqttClient;
+  readonly #broker: FleetBroker | undefined;
+  readonly #servers: (http.Server | https.Server)[];
+  readonly urls: { readonly broker: string; readonly enrol: string; readonly api: string };
+
+  private constructor(parts: { fleet: string; db: Database; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
+    this.fleet = parts.fleet;
+    this.#db = parts.db;
+    this.ca = parts.ca;
+    this.registry = parts.registry;
+    this.commands = parts.commands;
+    this.enrolment = parts.enrolment;
+    this.#client = parts.client;
+    this.#broker = parts.broker;
+    this.#servers = parts.servers;
+    this.urls = parts.urls;
+  }
+
+  static async start(options: ControllerOptions): Promise<Controller> {
+    const fleet = topicLevel('fleet', options.fleet);
+    const log = options.log ?? (() => undefined);
+    const { ca, server, identity } = await prepareControllerState(options.state, fleet, options.hostnames);
+    const db = await openControllerDatabase(path.join(options.state, 'controller.db'));
+    const now = options.now ?? Date.now;
+    const broker =
+      options.broker === undefined
+        ? await FleetBroker.start({ fleet, controllers: options.controllers ?? [DEFAULT_CONTROLLER], tls: { cert: server.cert, key: server.key, ca: ca.certificatePem }, host: options.brokerHost ?? '0.0.0.0', port: options.brokerPort ?? 8883, onRefusal: (r) => log({ msg: 'broker refused', ...r }) })
+        : undefined;
+    const brokerUrl = options.broker ?? (broker as FleetBroker).url.replace('mqtts://0.0.0.0:', 'mqtts://127.0.0.1:');
+    let client: MqttClient;
+    try {
+      client = await mqtt.connectAsync(brokerUrl, { clientId: DEFAULT_CONTROLLER, protocolVersion: 4, clean: false, reconnectPeriod: 1000, connectTimeout: 15_000, ca: ca.certificatePem, cert: identity.cert, key: identity.key });
+    } catch (cause) {
+      await broker?.close();
+      db.close();
+      throw new FleetError('EAI_FLEET_BROKER', `the controller cannot connect to the broker at ${brokerUrl} (${cause instanceof Error ? cause.message : String(cause)}). With an external broker, check that it trusts ${path.join(options.state, 'ca.pem')} and serves a certificate from it for that host name, and that its ACL lists ${DEFAULT_CONTROLLER}.`, { cause, details: { broker: brokerUrl } });
+    }
+    const registry = new DeviceRegistry(db, { fleet, now, onDrop: (why) => log({ msg: 'dropped', why }) });
+    const commands = new CommandQueue(db, {
+      fleet,
+      keys: options.deployKeys,
+      now,
+      publish: async (topic, payload) => void (await client.publishAsync(topic, Buffer.from(payload), { qos: 1 })),
+    });
+    registry.onAck((device, ack) => commands.acknowledge(device, ack));
+    registry.onBirth((device, birth) => {
+      commands.resend(device, wholeNumber(birth.lastCommandSequence)).catch((error: unknown) => log({ msg: 'resend failed', device, error: String(error) }));
+    });
+    client.on('message', (topic, payload) => registry.ingest(topic, payload));
+    for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks'] as const) await client.subscribeAsync(everyDevice(fleet, channel), { qos: 1 });
+    const enrolment = new Enrolment(db, { fleet, ca, now });
+    const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2' }, enrolmentHandler(enrolment, log));
+    const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment }, log));
+    try {
+      await listen(enrolServer, options.enrolPort ?? 8443, options.enrolHost ?? '0.0.0.0', 'enrolment (HTTPS)', '--enrol-port');
+      await listen(apiServer, options.apiPort ?? 8080, options.apiHost ?? '127.0.0.1', 'the operator API', '--api-port');
+    } catch (error) {
+      enrolServer.close();
+      await client.endAsync();
+      await broker?.close();
+      db.close();
+      throw error;
+    }
+    const at = (s: http.Server | https.Server, scheme: string): string => {
+      const a = s.address() as AddressInfo;
+      return `${scheme}://${a.address === '0.0.0.0' ? '127.0.0.1' : a.address}:${a.port}`;
+    };
+    const urls = { broker: brokerUrl, enrol: at(enrolServer, 'https'), api: at(apiServer, 'http') };
+    log({ msg: 'controller started', fleet, ...urls });
+    return new Controller({ fleet, db, ca, registry, commands, enrolment, client, broker, servers: [enrolServer, apiServer], urls });
+  }
+
+  async stop(): Promise<void> {
+    await this.#client.endAsync();
+    for (const s of this.#servers) {
+      s.closeAllConnections();
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+    }
+    await this.#broker?.close();
+    this.#db.close();
+  }
+}
+
+/**
+ * Makes (or keeps) the controller's state folder: the fleet CA and the controller's certificates.
+ * What `aios controller init` does, and `start` does first.
+ */
+export async function prepareControllerState(state: string, fleet: string, hostnames?: readonly string[]): Promise<{ readonly ca: CertificateAuthority; readonly server: { cert: string; key: string }; readonly identity: { cert: string; key: string }; readonly hostnames: readonly string[] }> {
+  topicLevel('fleet', fleet);
+  await mkdir(state, { recursive: true, mode: 0o700 });
+  const ca = await loadOrCreateCa(state, fleet);
+  // The controller dials its own broker on loopback, so loopback names are always in.
+  const names = [...new Set(['localhost', '127.0.0.1', ...(hostnames ?? [os.hostname()]).filter((h) => /^[A-Za-z0-9.:-]+$/u.test(h))])];
+  const server = await loadOrIssue(state, 'server', ca, { commonName: `aios ${fleet} controller`, usage: 'server', names });
+  const identity = await loadOrIssue(state, 'controller', ca, { commonName: DEFAULT_CONTROLLER, usage: 'client', names: [] });
+  return { ca, server, identity, hostnames: names };
+}
+
+async function loadOrCreateCa(state: string, fleet: string): Promise<CertificateAuthority> {
+  const certFile = path.join(state, 'ca.pem');
+  const keyFile = path.join(state, 'ca.key');
+  const [cert, key] = await Promise.all([readFile(certFile, 'utf8').catch(() => undefined), readFile(keyFile, 'utf8').catch(() => undefined)]);
+  if (cert !== undefined && key !== undefined) return { certificatePem: cert, privateKeyPem: key };
+  const ca = createCertificateAuthority({ commonName: `aios fleet ${fleet} CA`, organization: 'aios', validDays: 3650 });
+  await writeFileAtomic(keyFile, ca.privateKeyPem, { mode: 0o600 });
+  await writeFileAtomic(certFile, ca.certificatePem, { mode: 0o644 });
+  return ca;
+}
+
+/** A certificate and key in the state folder, issued anew when missing, not from this CA, within 30 days of expiry, or not naming every host. */
+async function loadOrIssue(state: string, name: string, ca: CertificateAuthority, spec: { commonName: string; usage: 'client' | 'server'; names: readonly string[] }): Promise<{ cert: string; key: string }> {
+  const certFile = path.join(state, `${name}.pem`);
+  const keyFile = path.join(state, `${name}.key`);
+  const [cert, key] = await Promise.all([readFile(certFile, 'utf8').catch(() => undefined), readFile(keyFile, 'utf8').catch(() => undefined)]);
+  if (cert !== undefined && key !== undefined) {
+    const x = new X509Certificate(cert);
+    const caCert = new X509Certificate(ca.certificatePem);
+    const sans = (x.subjectAltName ?? '').split(', ');
+    const coversNames = spec.names.every((n) => sans.includes(`DNS:${n}`) || sans.includes(`IP Address:${n}`));
+    if (x.verify(caCert.publicKey) && Date.parse(x.validTo) - 30 * 86_400_000 > Date.now() && coversNames) return { cert, key };
+  }
+  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const ips = spec.names.filter((n) => /^[0-9.]+$|:/u.test(n));
+  const dns = spec.names.filter((n) => !ips.includes(n));
+  const issued = issueCertificate({ ca, subjectPublicKey: publicKey, commonName: spec.commonName, validDays: 365, usage: spec.usage, ...(spec.usage === 'server' ? { dnsNames: dns, ipAddresses: ips } : {}) });
+  const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+  await writeFileAtomic(keyFile, keyPem, { mode: 0o600 });
+  await writeFileAtomic(certFile, issued, { mode: 0o644 });
+  return { cert: issued, key: keyPem };
+}

@@ -1,0 +1,158 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { AiosError } from '../../drivers/errors.js';
+import { aios } from '../proto/gen/aios.js';
+import type { CommandBody, CommandQueue } from './commands.js';
+import type { DeviceRegistry } from './devices.js';
+import type { Enrolment } from './enrolment.js';
+
+/**
+ * The controller's HTTP JSON endpoints, as request handlers for node:http / node:https servers:
+ *
+ *  - enrolment (public, HTTPS with the controller's server certificate): `POST /v1/enrol`
+ *    `{ "csr": "<PEM>" }` → `{ certificate, ca, deviceId, fleet, labels }`;
+ *  - the operator API (loopback by default: it has no authentication of its own, so expose it
+ *    only behind a proxy that has): `GET /v1/devices`, `GET /v1/devices/<id>` (with recent events
+ *    and commands), `POST /v1/devices/<id>/commands` `{ "stopPipeline": { "name": "front" } }`
+ *    (one action, as in fleet.proto's Command, camelCase), `GET /v1/commands`, `GET /v1/tokens`,
+ *    `POST /v1/tokens` `{ "deviceId"?, "validForMs"?, "labels"? }` → `{ token, id, expiresUnixMs }`
+ *    (the token is in this answer only).
+ *
+ * Errors answer `{ "error": { "code", "message" } }` with 400 (bad request), 403 (refused
+ * enrolment), 404, 413 (body over 64 KiB) or 500 (EAI_INTERNAL, details only in the log).
+ */
+const MAX_BODY = 64 * 1024;
+
+export function enrolmentHandler(enrolment: Enrolment, log: (line: Record<string, unknown>) => void): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) =>
+    void handle(req, res, log, async () => {
+      if (req.method !== 'POST' || url(req).pathname !== '/v1/enrol') return notFound(req);
+      const body = (await readJson(req)) as { csr?: unknown };
+      if (typeof body.csr !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ENROL_REQUEST', message: 'the body must be JSON { "csr": "<PEM certificate request>" }' } });
+      try {
+        const enrolled = enrolment.enrol(body.csr);
+        log({ msg: 'enrolled', device: enrolled.deviceId });
+        return reply(200, { certificate: enrolled.certificatePem, ca: enrolled.caCertificatePem, deviceId: enrolled.deviceId, fleet: enrolled.fleet, labels: enrolled.labels });
+      } catch (error) {
+        if (error instanceof AiosError) {
+          // Never the token itself, only the refusal's code: the log is not a secret store.
+          log({ msg: 'enrolment refused', code: error.code, from: req.socket.remoteAddress });
+          return reply(403, { error: { code: error.code, message: error.message } });
+        }
+        throw error;
+      }
+    });
+}
+
+export interface OperatorApi {
+  readonly registry: DeviceRegistry;
+  readonly commands: CommandQueue;
+  readonly enrolment: Enrolment;
+}
+
+export function operatorHandler(api: OperatorApi, log: (line: Record<string, unknown>) => void): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) =>
+    void handle(req, res, log, async () => {
+      const path = url(req).pathname.split('/').filter((p) => p !== '').map(decodeURIComponent);
+      if (req.method === 'GET' && path.join('/') === 'v1/devices') return reply(200, { devices: api.registry.list() });
+      if (req.method === 'GET' && path.join('/') === 'v1/commands') return reply(200, { commands: api.commands.list() });
+      if (path.join('/') === 'v1/tokens') {
+        if (req.method === 'GET') return reply(200, { tokens: api.enrolment.tokens() });
+        if (req.method === 'POST') {
+          const body = (await readJson(req)) as { deviceId?: unknown; validForMs?: unknown; labels?: unknown };
+          try {
+            const issued = api.enrolment.issueToken({
+              validForMs: typeof body.validForMs === 'number' ? body.validForMs : 7 * 86_400_000,
+              ...(typeof body.deviceId === 'string' ? { deviceId: body.deviceId } : {}),
+              ...(typeof body.labels === 'object' && body.labels !== null ? { labels: body.labels as Record<string, string> } : {}),
+            });
+            log({ msg: 'token issued', id: issued.id, device: issued.deviceId });
+            return reply(201, issued);
+          } catch (error) {
+            if (error instanceof AiosError) return reply(400, { error: { code: error.code, message: error.message } });
+            throw error;
+          }
+        }
+      }
+      if (path[0] === 'v1' && path[1] === 'devices' && path[2] !== undefined) {
+        const id = path[2];
+        const device = api.registry.get(id);
+        if (device === undefined) return reply(404, { error: { code: 'EAI_FLEET_DEVICE_UNKNOWN', message: `device '${id}' is not enrolled` } });
+        if (req.method === 'GET' && path.length === 3) return reply(200, { device, events: api.registry.events(id, 50), commands: api.commands.list(id, 50) });
+        if (req.method === 'POST' && path.length === 4 && path[3] === 'commands') {
+          const body = (await readJson(req)) as Record<string, unknown> & { ttlMs?: unknown };
+          const { ttlMs, ...action } = body;
+          let spec: CommandBody;
+          try {
+            spec = aios.fleet.v1.Command.toObject(aios.fleet.v1.Command.fromObject(action), { defaults: false, longs: Number }) as CommandBody;
+          } catch (error) {
+            return reply(400, { error: { code: 'EAI_FLEET_COMMAND_INVALID', message: `the body is not a command action (${(error as Error).message}); send one of deploy, rollback, startPipeline, stopPipeline, setConfig, requestAttestation` } });
+          }
+          try {
+            const record = await api.commands.send(id, spec, typeof ttlMs === 'number' ? { ttlMs } : {});
+            return reply(202, { command: record });
+          } catch (error) {
+            if (error instanceof AiosError) return reply(400, { error: { code: error.code, message: error.message } });
+            throw error;
+          }
+        }
+      }
+      return notFound(req);
+    });
+}
+
+interface Reply {
+  readonly status: number;
+  readonly body: unknown;
+}
+
+function reply(status: number, body: unknown): Reply {
+  return { status, body };
+}
+
+function notFound(req: IncomingMessage): Reply {
+  return reply(404, { error: { code: 'EAI_HTTP_NOT_FOUND', message: `no ${req.method ?? ''} ${url(req).pathname} here` } });
+}
+
+class BodyError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse, log: (line: Record<string, unknown>) => void, route: () => Promise<Reply>): Promise<void> {
+  let answer: Reply;
+  try {
+    answer = await route();
+  } catch (error) {
+    if (error instanceof BodyError) answer = reply(error.status, { error: { code: 'EAI_HTTP_BAD_REQUEST', message: error.message } });
+    else {
+      log({ msg: 'request failed', method: req.method, path: url(req).pathname, error: error instanceof Error ? error.message : String(error) });
+      answer = reply(500, { error: { code: 'EAI_INTERNAL', message: 'the controller failed on this request; see its log' } });
+    }
+  }
+  const text = `${JSON.stringify(answer.body, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v))}\n`;
+  res.writeHead(answer.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY) throw new BodyError(413, `the body is over ${MAX_BODY} bytes`);
+    parts.push(chunk);
+  }
+  try {
+    return JSON.parse(Buffer.concat(parts).toString('utf8')) as unknown;
+  } catch {
+    throw new BodyError(400, 'the body is not JSON');
+  }
+}
+
+function url(req: IncomingMessage): URL {
+  return new URL(req.url ?? '/', 'http://controller');
+}
