@@ -1,11 +1,12 @@
 import path from 'node:path';
 import { Type } from '@sinclair/typebox';
 import { createBuiltinHal } from '../../../../drivers/builtin.js';
-import { PlacementError } from '../../../../drivers/errors.js';
+import { ModelError, PlacementError } from '../../../../drivers/errors.js';
 import { detectModel } from '../../../../drivers/hal/model-format.js';
 import type { TensorSpec } from '../../../../drivers/hal/types.js';
 import { Tensor } from '../../../../drivers/tensor/tensor.js';
 import { InferenceService } from '../../../inference/inference-service.js';
+import { ModelCatalog } from '../../../model-catalog.js';
 import { ResourcePool } from '../../../resource-pool.js';
 import { defineNode, PortTypeMismatch, type ConfigProblem } from '../../definition.js';
 import { describe, type PortType } from '../../port-types.js';
@@ -14,7 +15,7 @@ import { Duration } from '../../schema.js';
 
 const Params = Type.Object(
   {
-    model: Type.String({ description: 'model file (.onnx, .tflite, .xrt.json) or TF.js folder, relative to the pipeline file' }),
+    model: Type.String({ description: "model file (.onnx, .tflite, .xrt.json) or TF.js folder, relative to the pipeline file; or store:<name>, the active version of <name> in the device's model store (swapped in place when a new version is activated)" }),
     devices: Type.Optional(Type.Array(Type.String(), { description: "device kinds or ids, best first (e.g. ['jetson', 'cuda', 'cpu']); default: accelerators first" })),
     threads: Type.Optional(Type.Integer({ minimum: 1 })),
     input: Type.Optional(Type.String({ description: "the model input the 'in' port feeds (default: the model's only input)" })),
@@ -78,9 +79,9 @@ export const inferStage = defineNode({
     if ((params.inFlight ?? 1) > 1 && Object.keys(params.state ?? {}).length > 0) {
       problems.push({ path: ['params', 'inFlight'], message: `inFlight ${params.inFlight} cannot be used with recurrent state: each run needs the previous run's ${Object.keys(params.state ?? {}).join(', ')}; remove inFlight or set it to 1` });
     }
-    const file = path.resolve(env.baseDir, params.model);
     let signature: readonly TensorSpec[];
     try {
+      const file = await modelFile(params.model, env.baseDir);
       signature = await modelInputs(file, params.devices);
     } catch (error) {
       problems.push({ path: ['params', error instanceof PlacementError ? 'devices' : 'model'], message: error instanceof Error ? error.message.split('\n').join(' ') : String(error) });
@@ -108,17 +109,20 @@ export const inferStage = defineNode({
 
   async start(ctx) {
     const hal = createBuiltinHal();
-    const service = new InferenceService(path.resolve(ctx.baseDir, ctx.params.model), {
-      hal,
-      pool: await sharedPool(),
-      name: `${ctx.pipeline}/${ctx.name}`,
-      priority: ctx.policy.priority,
-      ...(ctx.params.rate === undefined ? {} : { rateHz: ctx.params.rate }),
-      ...(ctx.params.batching === undefined ? {} : { batching: { maxBatch: ctx.params.batching.maxBatch, maxDelayMs: ctx.params.batching.maxDelay === undefined ? 2 : parseDuration(ctx.params.batching.maxDelay), ...(ctx.params.batching.symbol === undefined ? {} : { symbol: ctx.params.batching.symbol }) } }),
-      ...(ctx.params.devices === undefined ? {} : { devices: ctx.params.devices }),
-      ...(ctx.params.threads === undefined ? {} : { threads: ctx.params.threads }),
-      ...(ctx.params.engine === undefined ? {} : { engineOptions: ctx.params.engine }),
-    });
+    const pool = await sharedPool();
+    const serviceFor = (file: string): InferenceService =>
+      new InferenceService(file, {
+        hal,
+        pool,
+        name: `${ctx.pipeline}/${ctx.name}`,
+        priority: ctx.policy.priority,
+        ...(ctx.params.rate === undefined ? {} : { rateHz: ctx.params.rate }),
+        ...(ctx.params.batching === undefined ? {} : { batching: { maxBatch: ctx.params.batching.maxBatch, maxDelayMs: ctx.params.batching.maxDelay === undefined ? 2 : parseDuration(ctx.params.batching.maxDelay), ...(ctx.params.batching.symbol === undefined ? {} : { symbol: ctx.params.batching.symbol }) } }),
+        ...(ctx.params.devices === undefined ? {} : { devices: ctx.params.devices }),
+        ...(ctx.params.threads === undefined ? {} : { threads: ctx.params.threads }),
+        ...(ctx.params.engine === undefined ? {} : { engineOptions: ctx.params.engine }),
+      });
+    const service = serviceFor(await modelFile(ctx.params.model, ctx.baseDir));
     await service.start();
     const fixed = new Set([...Object.keys(ctx.params.constants ?? {}), ...Object.values(ctx.params.state ?? {})]);
     const inputName = ctx.params.input ?? service.inputs.find((s) => !fixed.has(s.name))?.name ?? 'input';
@@ -132,7 +136,27 @@ export const inferStage = defineNode({
     }
     // With batching, as many runs in flight as a batch holds, so batches can fill.
     const inFlight = ctx.params.inFlight ?? (Object.keys(ctx.params.state ?? {}).length > 0 ? 1 : Math.max(2, ctx.params.batching?.maxBatch ?? 0));
-    return { service, inputName, constants, recurrent, inFlight, running: [] as Promise<unknown>[], tail: Promise.resolve() as Promise<unknown> };
+    const state = { service, inputName, constants, recurrent, inFlight, running: [] as Promise<unknown>[], tail: Promise.resolve() as Promise<unknown>, unwatch: undefined as (() => void) | undefined };
+    const name = ModelCatalog.storeName(ctx.params.model);
+    if (name !== undefined) {
+      // Hot swap: the new version is loaded and warmed beside the old one, then takes the next
+      // message; runs already started finish on the old one, which is stopped after them.
+      state.unwatch = ModelCatalog.shared().watch(name, async (file, version) => {
+        const next = serviceFor(file);
+        await next.start();
+        const fit = compatibility(state.service.inputs, next.inputs, state.inputName);
+        if (fit.problem !== undefined) {
+          await next.stop();
+          throw new ModelError('EAI_MODEL_SWAP_INCOMPATIBLE', `${ctx.pipeline}/${ctx.name} cannot switch to ${name} ${version}: ${fit.problem}. The stage keeps the version it runs; a model with other inputs needs a new pipeline configuration (setConfig).`, { details: { model: name, version } });
+        }
+        const old = state.service;
+        state.service = next;
+        state.inputName = fit.inputName;
+        await Promise.all([...state.running, state.tail]);
+        await old.stop();
+      });
+    }
+    return state;
   },
 
   async process(_port, message, ctx, state) {
@@ -158,6 +182,7 @@ export const inferStage = defineNode({
   },
 
   async stop(_ctx, state) {
+    state?.unwatch?.();
     await state?.service.stop();
   },
 
@@ -194,6 +219,34 @@ function constantTensor(dtype: 'float32' | 'int32' | 'int64', value: number | nu
   if (dtype === 'int64') return new Tensor('int64', shape, BigInt64Array.from(values, (v) => BigInt(Math.trunc(v))));
   if (dtype === 'int32') return new Tensor('int32', shape, Int32Array.from(values));
   return new Tensor('float32', shape, Float32Array.from(values));
+}
+
+/** The file a `model` parameter names: a path relative to the pipeline, or store:<name> through the catalog. */
+async function modelFile(model: string, baseDir: string): Promise<string> {
+  const name = ModelCatalog.storeName(model);
+  return name === undefined ? path.resolve(baseDir, model) : (await ModelCatalog.shared().resolve(name)).file;
+}
+
+/**
+ * Why a model with inputs `next` cannot take the place of one with inputs `current` (undefined
+ * if it can), and the input name the `in` port feeds from then on. Inputs are matched by name;
+ * a model with a single input may rename it (another exporter's "input" for "input:0") as long
+ * as its type and shape stay.
+ */
+function compatibility(current: readonly TensorSpec[], next: readonly TensorSpec[], inputName: string): { problem?: string; inputName: string } {
+  const same = (a: TensorSpec, b: TensorSpec): boolean => a.dtype === b.dtype && a.shape.length === b.shape.length && a.shape.every((d, i) => d === b.shape[i]);
+  const show = (t: TensorSpec): string => `${t.dtype} [${t.shape.join(', ')}]`;
+  if (current.length === 1 && next.length === 1) {
+    const [c, n] = [current[0] as TensorSpec, next[0] as TensorSpec];
+    return same(c, n) ? { inputName: n.name } : { problem: `its input is ${show(n)}, the running one takes ${show(c)}`, inputName };
+  }
+  for (const c of current) {
+    const n = next.find((s) => s.name === c.name);
+    if (n === undefined) return { problem: `it has no input '${c.name}' (its inputs: ${next.map((s) => s.name).join(', ')})`, inputName };
+    if (!same(c, n)) return { problem: `its input '${c.name}' is ${show(n)}, the running one takes ${show(c)}`, inputName };
+  }
+  if (next.length !== current.length) return { problem: `it has ${next.length} inputs, the running one ${current.length}`, inputName };
+  return { inputName };
 }
 
 /** One pool per process, so every infer stage's reservations meet. */
