@@ -42,7 +42,8 @@ build: node_modules/.installed
 
 # The main demo: what this machine has, a real face detector on a real photo and a photo without
 # a face (the InferenceService API), then the face-detection pipeline on real video for a few
-# seconds with its per-stage table (recorded to out/face-detection.mcap).
+# seconds with its per-stage table (recorded to out/face-detection.mcap), then the fleet demo: a
+# controller and three device agents, a model rolled out to them canary first (examples/fleet-demo.ts).
 run: setup build
 	node dist/deploy/cli/main.js devices
 	@echo
@@ -50,6 +51,8 @@ run: setup build
 	  test/fixtures/inputs/blazeface128-face.npy test/fixtures/inputs/blazeface128-noface.npy
 	@echo
 	node dist/deploy/cli/main.js run examples/pipelines/face-detection.yaml --for 4s --stats
+	@echo
+	node dist/examples/fleet-demo.js
 
 test: setup
 	node scripts/gen-proto.mjs

@@ -9,7 +9,11 @@ import { createBuiltinHal } from '../../drivers/builtin.js';
 import type { HalRegistry } from '../../drivers/hal/registry.js';
 import { SysRoot } from '../../drivers/hal/sysroot.js';
 import type { DeviceInfo } from '../../drivers/hal/types.js';
+import { ModelCatalog } from '../../runtime/model-catalog.js';
 import { Pipeline } from '../../runtime/pipeline/pipeline.js';
+import { parseIdentityFile } from '../../models/bundle/age/keys.js';
+import { createDecryption } from '../../models/bundle/age/stream.js';
+import type { DecryptFactory } from '../../models/bundle/bundle.js';
 import { VERSION } from '../../runtime/version.js';
 import { aios } from '../proto/gen/aios.js';
 import { CommandGate, rejection, type AdmittedCommand } from '../fleet/command.js';
@@ -18,6 +22,7 @@ import { Spool } from '../fleet/spool.js';
 import { deviceTopic } from '../fleet/topics.js';
 import type { AgentConfig } from './config.js';
 import { ensureEnrolled, type DeviceIdentity } from './enrol.js';
+import { deployModel, resumeDeployments, type DeploymentContext } from './deployment.js';
 import { describeHardware } from './hardware.js';
 import { Publisher } from './publisher.js';
 import { TelemetrySampler } from './telemetry.js';
@@ -47,6 +52,8 @@ interface RunningPipeline {
   pipeline: Pipeline | undefined;
   running: boolean;
   error?: string;
+  /** The error's code: EAI_MODEL_NOT_IN_STORE means waiting for a deployment, not broken. */
+  errorCode?: string;
 }
 
 export class Agent {
@@ -57,6 +64,10 @@ export class Agent {
   readonly #identity: DeviceIdentity;
   readonly #hardware: aios.fleet.v1.IHardware;
   readonly #sampler: TelemetrySampler;
+  readonly #store: ModelStore;
+  readonly #decrypt: DecryptFactory | undefined;
+  #resumed = false;
+  readonly #abort = new AbortController();
   readonly #trust: TrustStore;
   readonly #gate: CommandGate;
   readonly #spool: Spool;
@@ -71,13 +82,15 @@ export class Agent {
   #lastTick = 0;
   #stopped = false;
 
-  private constructor(config: AgentConfig, options: AgentOptions, parts: { identity: DeviceIdentity; hardware: aios.fleet.v1.IHardware; sys: SysRoot; devices: readonly DeviceInfo[]; hal: HalRegistry; trust: TrustStore; gate: CommandGate; spool: Spool; client: MqttClient; pipelines: Map<string, RunningPipeline>; bootId: string }) {
+  private constructor(config: AgentConfig, options: AgentOptions, parts: { identity: DeviceIdentity; store: ModelStore; decrypt: DecryptFactory | undefined; hardware: aios.fleet.v1.IHardware; sys: SysRoot; devices: readonly DeviceInfo[]; hal: HalRegistry; trust: TrustStore; gate: CommandGate; spool: Spool; client: MqttClient; pipelines: Map<string, RunningPipeline>; bootId: string }) {
     this.config = config;
     this.#options = options;
     this.#log = options.log ?? (() => undefined);
     this.#now = options.now ?? Date.now;
     this.#identity = parts.identity;
     this.#hardware = parts.hardware;
+    this.#store = parts.store;
+    this.#decrypt = parts.decrypt;
     this.#sampler = new TelemetrySampler({
       sys: parts.sys,
       devices: parts.devices,
@@ -104,6 +117,18 @@ export class Agent {
     } catch (cause) {
       throw new FleetError('EAI_AGENT_TRUST', `the agent needs this device's trust store at ${config.trust} (${(cause as Error).message}). Install the fleet's trust root first: aios trust install root.json --dir ${config.trust}.`, { cause });
     }
+    const store = await ModelStore.open(config.models);
+    ModelCatalog.shared().useStore(store.root);
+    let decrypt: DecryptFactory | undefined;
+    if (config.identity !== undefined) {
+      let identities;
+      try {
+        identities = parseIdentityFile(await readFile(config.identity, 'utf8'));
+      } catch (cause) {
+        throw new FleetError('EAI_AGENT_CONFIG', `cannot read the device's age identity ${config.identity} (${(cause as Error).message}); it decrypts models encrypted to this device (aios keys generate --type age).`, { cause });
+      }
+      decrypt = () => createDecryption(identities);
+    }
     const sys = await SysRoot.open(options.sysroot ?? '/');
     const hal = createBuiltinHal({ sys });
     const devices = await hal.discover(sys);
@@ -120,7 +145,8 @@ export class Agent {
         await startPipeline(running);
       } catch (error) {
         running.error = error instanceof Error ? error.message : String(error);
-        log({ msg: 'pipeline failed to start', file, error: running.error });
+        running.errorCode = modelMissing(error) ? 'EAI_MODEL_NOT_IN_STORE' : error instanceof AiosError ? error.code : 'EAI_INTERNAL';
+        log({ msg: running.errorCode === 'EAI_MODEL_NOT_IN_STORE' ? 'pipeline waits for its model' : 'pipeline failed to start', file, error: running.error });
       }
       pipelines.set(running.pipeline?.name ?? path.basename(file, path.extname(file)), running);
     }
@@ -138,7 +164,7 @@ export class Agent {
       key: identity.keyPem,
       will: { topic: statusTopic, payload: Buffer.from(lost), qos: 1, retain: true },
     });
-    const agent = new Agent(config, options, { identity, hardware, sys, devices, hal, trust, gate, spool, client, pipelines, bootId });
+    const agent = new Agent(config, options, { identity, store, decrypt, hardware, sys, devices, hal, trust, gate, spool, client, pipelines, bootId });
     agent.#wire();
     return agent;
   }
@@ -166,6 +192,7 @@ export class Agent {
     if (this.#stopped) return;
     this.#stopped = true;
     clearInterval(this.#timer);
+    this.#abort.abort();
     await this.#commandQueue.catch(() => undefined);
     if (this.#client.connected) {
       const offline = aios.fleet.v1.DeviceStatus.encode({ state: aios.fleet.v1.DeviceStatus.State.OFFLINE, sinceUnixMs: this.#now(), bootId: this.#bootId }).finish();
@@ -182,6 +209,21 @@ export class Agent {
     this.#client.on('connect', () => {
       this.#log({ msg: 'connected', broker: this.config.broker });
       void this.#announce().catch((error: unknown) => this.#log({ msg: 'announce failed', error: String(error) }));
+      if (!this.#resumed) {
+        this.#resumed = true;
+        // In the command queue: a resumed deployment and new commands never run at once.
+        this.#commandQueue = this.#commandQueue
+          .then(async () => {
+            const outcomes = await resumeDeployments(this.#deployment(), async (record, outcome) => {
+              // The Deploy command was accepted before the restart: its final ack comes now.
+              const R = aios.fleet.v1.CommandAck.Result;
+              await this.#ack(outcome.ok ? { sequence: record.sequence, result: R.DONE, message: outcome.message, timeUnixMs: this.#now() } : { sequence: record.sequence, result: R.FAILED, code: outcome.error instanceof AiosError ? outcome.error.code : 'EAI_INTERNAL', message: outcome.error instanceof Error ? outcome.error.message : String(outcome.error), timeUnixMs: this.#now() });
+              await this.#republishBirth();
+            });
+            for (const r of outcomes) this.#log({ msg: 'deployment resumed', ...r });
+          })
+          .catch((error: unknown) => this.#log({ msg: 'resuming deployments failed', error: String(error) }));
+      }
     });
     this.#client.on('error', (error) => this.#log({ msg: 'connection problem', error: error.message }));
     this.#client.on('close', () => this.#log({ msg: 'disconnected' }));
@@ -217,7 +259,7 @@ export class Agent {
       models: models.map((m) => ({ model: m.model, activeVersion: m.active?.version ?? '', previousVersion: m.previous?.version ?? '', activeManifestSha256: m.active?.manifestDigest ?? '' })),
       pipelines: [...this.#pipelines.entries()].map(([name, p]) => ({
         name,
-        state: p.error !== undefined ? aios.fleet.v1.PipelineInfo.State.FAILED : p.running ? aios.fleet.v1.PipelineInfo.State.RUNNING : aios.fleet.v1.PipelineInfo.State.STOPPED,
+        state: p.error !== undefined ? (p.errorCode === 'EAI_MODEL_NOT_IN_STORE' ? aios.fleet.v1.PipelineInfo.State.WAITING_FOR_MODEL : aios.fleet.v1.PipelineInfo.State.FAILED) : p.running ? aios.fleet.v1.PipelineInfo.State.RUNNING : aios.fleet.v1.PipelineInfo.State.STOPPED,
         error: p.error ?? '',
       })),
       labels: { ...this.#identity.labels, ...this.config.labels },
@@ -257,6 +299,8 @@ export class Agent {
       await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.DONE, message, timeUnixMs: this.#now() });
     } catch (error) {
       const code = error instanceof AiosError ? error.code : 'EAI_INTERNAL';
+      // Interrupted by shutdown: no final ack now; a deployment resumes and acks on the next start.
+      if (this.#stopped && code === 'EAI_OTA_CANCELLED') return;
       this.#log({ msg: 'command failed', sequence: admitted.sequence, code, error: error instanceof Error ? error.message : String(error) });
       await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.FAILED, code, message: error instanceof Error ? error.message : String(error), timeUnixMs: this.#now() });
     }
@@ -279,9 +323,76 @@ export class Agent {
         await this.#republishBirth();
         return `pipeline ${name} running`;
       }
+      case 'deploy': {
+        const message = await deployModel(this.#deployment(), c.deploy as aios.fleet.v1.Deploy, admitted.sequence);
+        await this.#republishBirth();
+        return message;
+      }
+      case 'rollback': {
+        const model = c.rollback?.model ?? '';
+        const slot = await this.#store.rollback(model);
+        if (slot.entry !== undefined) await ModelCatalog.shared().set(model, path.join(slot.dir, slot.entry), slot.version);
+        await this.#event(aios.fleet.v1.Event.Severity.WARNING, 'EAI_OTA_ROLLED_BACK', `${model} rolled back to ${slot.version} by the operator${c.rollback?.reason ? `: ${c.rollback.reason}` : ''}`, {
+          deploymentId: c.rollback?.deploymentId ?? '',
+          model,
+          version: slot.version,
+          phase: aios.fleet.v1.DeploymentProgress.Phase.ROLLED_BACK,
+          reason: c.rollback?.reason ?? '',
+        });
+        await this.#republishBirth();
+        return `${model} is back at ${slot.version}`;
+      }
       default:
         throw new FleetError('EAI_AGENT_UNSUPPORTED', `this agent (${VERSION}) does not carry out '${admitted.action}' commands yet; the command was verified and not acted on.`, { details: { action: admitted.action } });
     }
+  }
+
+  #deployment(): DeploymentContext {
+    return {
+      client: this.#client,
+      fleet: this.config.fleet,
+      deviceId: this.config.device,
+      state: this.config.state,
+      store: this.#store,
+      trust: this.#trust,
+      catalog: ModelCatalog.shared(),
+      ...(this.#decrypt === undefined ? {} : { decrypt: this.#decrypt }),
+      window: this.config.otaWindow,
+      pipelines: () =>
+        [...this.#pipelines.values()].flatMap((p) =>
+          p.pipeline === undefined
+            ? []
+            : [
+                {
+                  stats: p.pipeline.stats(),
+                  running: p.running,
+                  stagesUsing: (model: string) => (p.pipeline as Pipeline).graph.nodes.filter((n) => n.definition.use === 'infer' && (n.params as { model?: unknown }).model === `store:${model}`).map((n) => n.name),
+                },
+              ],
+        ),
+      activated: async () => {
+        for (const [name, p] of this.#pipelines) {
+          if (p.running || p.error === undefined) continue;
+          try {
+            await startPipeline(p);
+            this.#log({ msg: 'pipeline started', name });
+          } catch (error) {
+            p.error = error instanceof Error ? error.message : String(error);
+            p.errorCode = modelMissing(error) ? 'EAI_MODEL_NOT_IN_STORE' : error instanceof AiosError ? error.code : 'EAI_INTERNAL';
+          }
+        }
+      },
+      progress: (detail, severity) => this.#event(severity ?? aios.fleet.v1.Event.Severity.INFO, detail.code ?? '', `${detail.model ?? ''} ${detail.version ?? ''}: ${aios.fleet.v1.DeploymentProgress.Phase[detail.phase ?? 0] ?? ''}${detail.reason ? ` (${detail.reason})` : ''}`, detail),
+      log: this.#log,
+      now: this.#now,
+      signal: this.#abort.signal,
+    };
+  }
+
+  async #event(severity: aios.fleet.v1.Event.Severity, code: string, message: string, deployment?: aios.fleet.v1.IDeploymentProgress): Promise<void> {
+    const seq = this.#spool.stats().nextSeq;
+    const bytes = aios.fleet.v1.Event.encode({ timeUnixMs: this.#now(), sequence: seq, severity, code, message, ...(deployment === undefined ? {} : { deployment }) }).finish();
+    await this.#spool.append(bytes, { topic: deviceTopic(this.config.fleet, this.config.device, 'events'), qos: 1 });
   }
 
   #pipeline(name: string): RunningPipeline {
@@ -300,9 +411,17 @@ export class Agent {
   }
 }
 
+/** Whether a pipeline could not start only because a store model is not on the device yet. */
+function modelMissing(error: unknown): boolean {
+  if (error instanceof AiosError && error.code === 'EAI_MODEL_NOT_IN_STORE') return true;
+  // Validation reports it as one of the pipeline file's problems.
+  return error instanceof AiosError && error.code === 'EAI_CFG_INVALID' && /EAI_MODEL_NOT_IN_STORE|has no active version in the model store/u.test(error.message);
+}
+
 /** A fresh Pipeline from the file (a stopped one does not start again), started. */
 async function startPipeline(p: RunningPipeline): Promise<void> {
   delete p.error;
+  delete p.errorCode;
   const pipeline = await Pipeline.fromFile(p.file, { statsIntervalMs: 0 });
   pipeline.once('done', () => {
     if (p.pipeline === pipeline) p.running = false;

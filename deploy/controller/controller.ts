@@ -15,6 +15,9 @@ import { createCertificateAuthority, issueCertificate, type CertificateAuthority
 import { everyDevice, topicLevel } from '../fleet/topics.js';
 import { wholeNumber } from '../fleet/wire.js';
 import { CommandQueue } from './commands.js';
+import { Deployments } from './deployments.js';
+import { Rollouts } from './rollouts.js';
+import { BundleServer } from './ota-server.js';
 import { openControllerDatabase, type Database } from './database.js';
 import { DeviceRegistry } from './devices.js';
 import { Enrolment } from './enrolment.js';
@@ -61,20 +64,28 @@ export class Controller {
   readonly registry: DeviceRegistry;
   readonly commands: CommandQueue;
   readonly enrolment: Enrolment;
+  readonly deployments: Deployments;
+  readonly rollouts: Rollouts;
   readonly ca: CertificateAuthority;
   readonly #db: Database;
   readonly #client: MqttClient;
   readonly #broker: FleetBroker | undefined;
+  readonly #bundles: BundleServer;
+  readonly #ticker: NodeJS.Timeout;
   readonly #servers: (http.Server | https.Server)[];
   readonly urls: { readonly broker: string; readonly enrol: string; readonly api: string };
 
-  private constructor(parts: { fleet: string; db: Database; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
+  private constructor(parts: { fleet: string; db: Database; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; deployments: Deployments; rollouts: Rollouts; bundles: BundleServer; ticker: NodeJS.Timeout; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
     this.fleet = parts.fleet;
     this.#db = parts.db;
     this.ca = parts.ca;
     this.registry = parts.registry;
     this.commands = parts.commands;
     this.enrolment = parts.enrolment;
+    this.deployments = parts.deployments;
+    this.rollouts = parts.rollouts;
+    this.#bundles = parts.bundles;
+    this.#ticker = parts.ticker;
     this.#client = parts.client;
     this.#broker = parts.broker;
     this.#servers = parts.servers;
@@ -111,11 +122,24 @@ export class Controller {
     registry.onBirth((device, birth) => {
       commands.resend(device, wholeNumber(birth.lastCommandSequence)).catch((error: unknown) => log({ msg: 'resend failed', device, error: String(error) }));
     });
-    client.on('message', (topic, payload) => registry.ingest(topic, payload));
+    const deployments = new Deployments(db, { state: options.state, commands, now });
+    registry.onEvent((device, event) => {
+      if (event.deployment != null) deployments.progress(device, event.deployment);
+    });
+    const rollouts = new Rollouts(db, { deployments, registry, commands, now });
+    // A restarted controller picks up running rollouts; a periodic tick also catches progress that
+    // arrived while no event came (a device that commits while the controller restarts).
+    const ticker = setInterval(() => void rollouts.tick(), 2000);
+    ticker.unref();
+    const bundles = await BundleServer.start({ client, fleet, bundles: (query) => deployments.bundleFor(query) });
+    client.on('message', (topic, payload) => {
+      // The bundle server handles ota/request itself.
+      if (!topic.endsWith('/ota/request')) registry.ingest(topic, payload);
+    });
     for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks'] as const) await client.subscribeAsync(everyDevice(fleet, channel), { qos: 1 });
     const enrolment = new Enrolment(db, { fleet, ca, now });
     const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2' }, enrolmentHandler(enrolment, log));
-    const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment }, log));
+    const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment, deployments, rollouts }, log));
     try {
       await listen(enrolServer, options.enrolPort ?? 8443, options.enrolHost ?? '0.0.0.0', 'enrolment (HTTPS)', '--enrol-port');
       await listen(apiServer, options.apiPort ?? 8080, options.apiHost ?? '127.0.0.1', 'the operator API', '--api-port');
@@ -132,10 +156,19 @@ export class Controller {
     };
     const urls = { broker: brokerUrl, enrol: at(enrolServer, 'https'), api: at(apiServer, 'http') };
     log({ msg: 'controller started', fleet, ...urls });
-    return new Controller({ fleet, db, ca, registry, commands, enrolment, client, broker, servers: [enrolServer, apiServer], urls });
+    void rollouts.tick();
+    return new Controller({ fleet, db, ca, registry, commands, enrolment, deployments, rollouts, bundles, ticker, client, broker, servers: [enrolServer, apiServer], urls });
+  }
+
+  /** The bundle server's counters (chunks sent, refused requests, the most in flight). */
+  bundleStats(): ReturnType<BundleServer['stats']> {
+    return this.#bundles.stats();
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.#ticker);
+    await this.rollouts.tick();
+    await this.#bundles.close();
     await this.#client.endAsync();
     for (const s of this.#servers) {
       s.closeAllConnections();

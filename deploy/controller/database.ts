@@ -50,6 +50,45 @@ export const MIGRATIONS: readonly string[] = [
     updated_ms   INTEGER NOT NULL,
     PRIMARY KEY (device_id, sequence)
   );
+  CREATE TABLE deployments (
+    id             TEXT PRIMARY KEY,
+    model          TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    bundle_path    TEXT NOT NULL,             -- state/bundles/<sha256>.bundle
+    bundle_sha256  TEXT NOT NULL,
+    bundle_size    INTEGER NOT NULL,
+    chunk_size     INTEGER NOT NULL,
+    chunk_sha256   BLOB NOT NULL,             -- the chunk digests, 32 bytes each, in order
+    health         TEXT NOT NULL,             -- JSON HealthPolicy
+    created_ms     INTEGER NOT NULL
+  );
+  CREATE TABLE deployment_targets (
+    deployment_id  TEXT NOT NULL REFERENCES deployments(id),
+    device_id      TEXT NOT NULL,
+    sequence       INTEGER NOT NULL,          -- the Deploy command's
+    phase          TEXT NOT NULL,             -- sent | DOWNLOADING | ... | COMMITTED | ROLLED_BACK | FAILED
+    bytes_done     INTEGER NOT NULL DEFAULT 0,
+    code           TEXT,
+    reason         TEXT,
+    updated_ms     INTEGER NOT NULL,
+    PRIMARY KEY (deployment_id, device_id)
+  );
+  CREATE TABLE rollouts (
+    id             TEXT PRIMARY KEY,
+    deployment_id  TEXT NOT NULL REFERENCES deployments(id),
+    spec           TEXT NOT NULL,             -- JSON RolloutSpec
+    state          TEXT NOT NULL,             -- running | paused | completed | stopped | rolled-back
+    stage          INTEGER NOT NULL,          -- the stage being rolled out
+    reason         TEXT,
+    created_ms     INTEGER NOT NULL,
+    updated_ms     INTEGER NOT NULL
+  );
+  CREATE TABLE rollout_devices (
+    rollout_id  TEXT NOT NULL REFERENCES rollouts(id),
+    device_id   TEXT NOT NULL,
+    stage       INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, device_id)
+  );
   CREATE TABLE events (
     id          INTEGER PRIMARY KEY,
     device_id   TEXT NOT NULL,

@@ -48,6 +48,7 @@ export class DeviceRegistry {
   readonly #now: () => number;
   readonly #ackListeners: AckListener[] = [];
   readonly #birthListeners: ((deviceId: string, birth: aios.fleet.v1.DeviceBirth) => void)[] = [];
+  readonly #eventListeners: ((deviceId: string, event: aios.fleet.v1.Event) => void)[] = [];
   readonly #onDrop: (why: string) => void;
 
   constructor(db: Database, options: { readonly fleet: string; readonly now?: () => number; readonly onDrop?: (why: string) => void }) {
@@ -63,6 +64,11 @@ export class DeviceRegistry {
 
   onBirth(listener: (deviceId: string, birth: aios.fleet.v1.DeviceBirth) => void): void {
     this.#birthListeners.push(listener);
+  }
+
+  /** Every event as it arrives (replays included: listeners must be idempotent). */
+  onEvent(listener: (deviceId: string, event: aios.fleet.v1.Event) => void): void {
+    this.#eventListeners.push(listener);
   }
 
   /** Takes one MQTT message from the fleet's device tree. */
@@ -144,6 +150,7 @@ export class DeviceRegistry {
           .prepare('INSERT OR IGNORE INTO events (device_id, sequence, time_ms, severity, code, message, detail) VALUES (?, ?, ?, ?, ?, ?, ?)')
           .run(device, wholeNumber(e.sequence), wholeNumber(e.timeUnixMs), aios.fleet.v1.Event.Severity[e.severity] ?? 'SEVERITY_UNSPECIFIED', e.code, e.message.slice(0, 4000), detail);
         this.counts.events++;
+        for (const l of this.#eventListeners) l(device, e);
         return;
       }
       case 'acks': {

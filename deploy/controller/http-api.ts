@@ -2,8 +2,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AiosError } from '../../drivers/errors.js';
 import { aios } from '../proto/gen/aios.js';
 import type { CommandBody, CommandQueue } from './commands.js';
+import type { Deployments, HealthPolicy } from './deployments.js';
 import type { DeviceRegistry } from './devices.js';
 import type { Enrolment } from './enrolment.js';
+import type { Rollouts, RolloutSpec, StageSpec } from './rollouts.js';
 
 /**
  * The controller's HTTP JSON endpoints, as request handlers for node:http / node:https servers:
@@ -47,6 +49,8 @@ export interface OperatorApi {
   readonly registry: DeviceRegistry;
   readonly commands: CommandQueue;
   readonly enrolment: Enrolment;
+  readonly deployments: Deployments;
+  readonly rollouts: Rollouts;
 }
 
 export function operatorHandler(api: OperatorApi, log: (line: Record<string, unknown>) => void): (req: IncomingMessage, res: ServerResponse) => void {
@@ -55,6 +59,7 @@ export function operatorHandler(api: OperatorApi, log: (line: Record<string, unk
       const path = url(req).pathname.split('/').filter((p) => p !== '').map(decodeURIComponent);
       if (req.method === 'GET' && path.join('/') === 'v1/devices') return reply(200, { devices: api.registry.list() });
       if (req.method === 'GET' && path.join('/') === 'v1/commands') return reply(200, { commands: api.commands.list() });
+      if (path[0] === 'v1' && path[1] === 'rollouts') return rolloutRoute(api, req, path.slice(2), log);
       if (path.join('/') === 'v1/tokens') {
         if (req.method === 'GET') return reply(200, { tokens: api.enrolment.tokens() });
         if (req.method === 'POST') {
@@ -98,6 +103,48 @@ export function operatorHandler(api: OperatorApi, log: (line: Record<string, unk
       }
       return notFound(req);
     });
+}
+
+/**
+ * `POST /v1/rollouts` `{ bundle, target?, stages?, health?, chunkSize?, successThreshold?,
+ * errorThreshold?, rollbackOnFailure? }`: `bundle` is a path on the controller's host (the API is
+ * local). `GET /v1/rollouts`, `GET /v1/rollouts/<id>` (with each device's phase), and
+ * `POST /v1/rollouts/<id>/pause | resume | rollback` `{ reason? }`.
+ */
+async function rolloutRoute(api: OperatorApi, req: IncomingMessage, rest: readonly string[], log: (line: Record<string, unknown>) => void): Promise<Reply> {
+  try {
+    if (req.method === 'GET' && rest.length === 0) return reply(200, { rollouts: api.rollouts.list() });
+    if (req.method === 'POST' && rest.length === 0) {
+      const body = (await readJson(req)) as { bundle?: unknown; target?: RolloutSpec['target']; stages?: StageSpec[]; health?: Partial<HealthPolicy>; chunkSize?: number; successThreshold?: number; errorThreshold?: number; rollbackOnFailure?: boolean };
+      if (typeof body.bundle !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ROLLOUT_INVALID', message: 'the body needs "bundle": the path of a model bundle on the controller host' } });
+      const deployment = await api.deployments.create(body.bundle, { ...(body.health === undefined ? {} : { health: body.health }), ...(body.chunkSize === undefined ? {} : { chunkSize: body.chunkSize }) });
+      const rollout = await api.rollouts.start({
+        deploymentId: deployment.id,
+        target: body.target ?? {},
+        stages: body.stages ?? [],
+        ...(body.successThreshold === undefined ? {} : { successThreshold: body.successThreshold }),
+        ...(body.errorThreshold === undefined ? {} : { errorThreshold: body.errorThreshold }),
+        ...(body.rollbackOnFailure === undefined ? {} : { rollbackOnFailure: body.rollbackOnFailure }),
+      });
+      log({ msg: 'rollout started', id: rollout.id, model: rollout.model, version: rollout.version });
+      return reply(201, { rollout, deployment });
+    }
+    const id = rest[0] as string;
+    if (req.method === 'GET' && rest.length === 1) {
+      const rollout = api.rollouts.status(id);
+      return reply(200, { rollout, deployment: api.deployments.get(rollout.deploymentId), targets: api.deployments.targets(rollout.deploymentId) });
+    }
+    if (req.method === 'POST' && rest.length === 2) {
+      const body = rest[1] === 'rollback' ? ((await readJson(req).catch(() => ({}))) as { reason?: unknown }) : {};
+      if (rest[1] === 'pause') return reply(200, { rollout: api.rollouts.pause(id) });
+      if (rest[1] === 'resume') return reply(200, { rollout: await api.rollouts.resume(id) });
+      if (rest[1] === 'rollback') return reply(200, { rollout: await api.rollouts.rollback(id, typeof body.reason === 'string' ? body.reason : undefined) });
+    }
+    return reply(404, { error: { code: 'EAI_HTTP_NOT_FOUND', message: `no ${req.method ?? ''} /v1/rollouts/${rest.join('/')} here` } });
+  } catch (error) {
+    if (error instanceof AiosError) return reply(error.code.endsWith('_UNKNOWN') ? 404 : 400, { error: { code: error.code, message: error.message } });
+    throw error;
+  }
 }
 
 interface Reply {

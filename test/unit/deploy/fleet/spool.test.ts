@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Spool, type SpoolOptions, type SpoolRecord } from '../../../../deploy/fleet/spool.js';
 import { SpoolError } from '../../../../deploy/fleet/spool-errors.js';
 import { AiosError } from '../../../../drivers/errors.js';
-import { transpileGraph } from '../../models/store/transpile.js';
+import { transpileGraph } from '../../../support/transpile.js';
 
 const repo = path.resolve(import.meta.dirname, '../../../..');
 const FRAME = 20;

@@ -21,7 +21,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelStore } from '../../../../models/store/model-store.js';
 import { modelFiles, tree, writerOf } from './helpers.js';
-import { transpileGraph } from './transpile.js';
+import { transpileGraph } from '../../../support/transpile.js';
 
 const repo = path.resolve(import.meta.dirname, '../../../..');
 const child = path.join(repo, 'test/fixtures/store/store-child.mjs');

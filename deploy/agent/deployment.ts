@@ -1,0 +1,262 @@
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { MqttClient } from 'mqtt';
+import { AiosError } from '../../drivers/errors.js';
+import type { DecryptFactory } from '../../models/bundle/bundle.js';
+import { fileSource } from '../../models/bundle/tar.js';
+import { writeFileAtomic } from '../../models/atomic-write.js';
+import { installBundle } from '../../models/store/install-bundle.js';
+import type { ModelStore, Slot } from '../../models/store/model-store.js';
+import type { TrustStore } from '../../models/trust/trust-store.js';
+import type { ModelCatalog } from '../../runtime/model-catalog.js';
+import type { PipelineStats } from '../../runtime/pipeline/pipeline.js';
+import { aios } from '../proto/gen/aios.js';
+import { FleetError } from '../fleet/errors.js';
+import { BundleDownload, bundleTransfer } from './ota-download.js';
+
+/**
+ * One OTA deployment on the device, from a verified Deploy command to a committed version or a
+ * rollback (Mender/RAUC's A/B discipline for models):
+ *
+ *  1. DOWNLOADING: the bundle in signed chunks over MQTT (ota-download.ts), resumable;
+ *  2. VERIFYING + INSTALLING: installBundle checks signatures (the trust root's models role),
+ *     manifest and every file, and writes a new slot of the model store, which becomes active
+ *     with the old version kept as previous;
+ *  3. ACTIVATING: the model catalog points `store:<model>` at the new files and every running
+ *     infer stage using it swaps in place;
+ *  4. HEALTH_CHECK: for the deployment's window, the switched stages' error rate and p99 latency
+ *     must stay within its limits and their pipelines keep running;
+ *  5. COMMITTED, or ROLLED_BACK: the store goes back to the previous slot and the stages with it.
+ *
+ * Each phase is recorded (state/deployments/<id>.json, written atomically) before it starts, so
+ * an agent killed at any point resumes: a download or verification continues, a deployment caught
+ * installed but not committed is rolled back (it never passed its health window). The store's own
+ * A/B switch guarantees the active version is always a complete, verified one.
+ */
+export type Phase = 'downloading' | 'installing' | 'activating' | 'health-check' | 'committed' | 'rolled-back' | 'failed';
+
+export interface DeploymentRecord {
+  readonly format: 'aios-deployment/1';
+  readonly deploymentId: string;
+  readonly sequence: number;
+  readonly model: string;
+  readonly version: string;
+  /** The version active before, if any: where a rollback returns to. */
+  readonly previous?: string;
+  readonly phase: Phase;
+  readonly reason?: string;
+  readonly code?: string;
+  /** The Deploy message (protobuf, base64): what a resumed deployment continues with. */
+  readonly deploy: string;
+}
+
+export interface DeploymentContext {
+  readonly client: MqttClient;
+  readonly fleet: string;
+  readonly deviceId: string;
+  /** The agent's state folder: deployments/ and downloads/ live here. */
+  readonly state: string;
+  readonly store: ModelStore;
+  readonly trust: TrustStore;
+  readonly catalog: ModelCatalog;
+  readonly decrypt?: DecryptFactory;
+  readonly window: number;
+  /** Stats of the running pipelines, and which of their stages run `store:<model>`. */
+  readonly pipelines: () => readonly { readonly stats: PipelineStats; readonly running: boolean; readonly stagesUsing: (model: string) => readonly string[] }[];
+  /** After a new version is active: start pipelines that could not start without it, before the health window. */
+  readonly activated?: (model: string) => Promise<void>;
+  /** Sends a progress event (through the spool). */
+  readonly progress: (p: aios.fleet.v1.IDeploymentProgress, severity?: aios.fleet.v1.Event.Severity) => Promise<void>;
+  readonly log: (line: Record<string, unknown>) => void;
+  readonly now?: () => number;
+  /** Aborted when the agent stops: a download in progress is cancelled and resumes on the next start. */
+  readonly signal?: AbortSignal;
+  /** Overrides the Deploy's health window (tests). */
+  readonly sleep?: (ms: number) => Promise<void>;
+}
+
+/** Carries out `deploy` (already admitted by the CommandGate); resolves with a message for the DONE ack, rejects for FAILED. */
+export async function deployModel(ctx: DeploymentContext, deploy: aios.fleet.v1.Deploy, sequence: number): Promise<string> {
+  const record: DeploymentRecord = {
+    format: 'aios-deployment/1',
+    deploymentId: deploy.deploymentId,
+    sequence,
+    model: deploy.model,
+    version: deploy.version,
+    ...((await ctx.store.active(deploy.model).catch(() => undefined))?.version === undefined ? {} : { previous: (await ctx.store.active(deploy.model))?.version as string }),
+    phase: 'downloading',
+    deploy: Buffer.from(aios.fleet.v1.Deploy.encode(deploy).finish()).toString('base64'),
+  };
+  return continueDeployment(ctx, record);
+}
+
+/**
+ * After a restart: every deployment not finished is continued (downloading, installing) or rolled
+ * back (activating, health-check). Returns what was done, for the log.
+ */
+export async function resumeDeployments(ctx: DeploymentContext, finished?: (record: DeploymentRecord, outcome: { readonly ok: true; readonly message: string } | { readonly ok: false; readonly error: unknown }) => Promise<void>): Promise<readonly { readonly deploymentId: string; readonly outcome: string }[]> {
+  const dir = path.join(ctx.state, 'deployments');
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const outcomes: { deploymentId: string; outcome: string }[] = [];
+  for (const name of names.filter((n) => n.endsWith('.json')).sort()) {
+    let record: DeploymentRecord;
+    try {
+      record = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as DeploymentRecord;
+    } catch {
+      continue;
+    }
+    if (record.phase === 'committed' || record.phase === 'rolled-back' || record.phase === 'failed') continue;
+    if (record.phase === 'activating' || record.phase === 'health-check') {
+      const reason = 'the agent restarted before the new version passed its health window';
+      await rollBack(ctx, record, 'EAI_OTA_INTERRUPTED', reason);
+      outcomes.push({ deploymentId: record.deploymentId, outcome: 'rolled back' });
+      await finished?.(record, { ok: false, error: new FleetError('EAI_OTA_INTERRUPTED', `${record.model} ${record.version} was rolled back: ${reason}.`) });
+      continue;
+    }
+    try {
+      const message = await continueDeployment(ctx, record);
+      outcomes.push({ deploymentId: record.deploymentId, outcome: message });
+      await finished?.(record, { ok: true, message });
+    } catch (error) {
+      outcomes.push({ deploymentId: record.deploymentId, outcome: `failed: ${error instanceof Error ? error.message : String(error)}` });
+      if (!(error instanceof FleetError && error.code === 'EAI_OTA_CANCELLED')) await finished?.(record, { ok: false, error });
+    }
+  }
+  return outcomes;
+}
+
+async function continueDeployment(ctx: DeploymentContext, start: DeploymentRecord): Promise<string> {
+  const deploy = aios.fleet.v1.Deploy.decode(Buffer.from(start.deploy, 'base64'));
+  let record = start;
+  const save = async (changes: Partial<DeploymentRecord>): Promise<void> => {
+    record = { ...record, ...changes };
+    await mkdir(path.join(ctx.state, 'deployments'), { recursive: true, mode: 0o700 });
+    await writeFileAtomic(path.join(ctx.state, 'deployments', `${safe(record.deploymentId)}.json`), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+  };
+  const progress = (phase: aios.fleet.v1.DeploymentProgress.Phase, extra: Partial<aios.fleet.v1.IDeploymentProgress> = {}): Promise<void> =>
+    ctx.progress({ deploymentId: record.deploymentId, model: record.model, version: record.version, phase, ...extra });
+  const P = aios.fleet.v1.DeploymentProgress.Phase;
+  let installed: Slot | undefined;
+  try {
+    if (record.phase === 'downloading') {
+      await save({});
+      const transfer = bundleTransfer(deploy);
+      let reported = 0;
+      const download = new BundleDownload({
+        client: ctx.client,
+        fleet: ctx.fleet,
+        deviceId: ctx.deviceId,
+        transfer,
+        dir: path.join(ctx.state, 'downloads'),
+        window: ctx.window,
+        onProgress: (done, total) => {
+          // A progress event per tenth of the bundle, not per chunk: the link is for telemetry too.
+          if (done === total || done - reported >= total / 10) {
+            reported = done;
+            void progress(P.DOWNLOADING, { bytesDone: done, bytesTotal: total });
+          }
+        },
+      });
+      const cancel = (): void => void download.cancel();
+      ctx.signal?.addEventListener('abort', cancel, { once: true });
+      try {
+        if (ctx.signal?.aborted === true) void download.cancel();
+        await download.done();
+      } finally {
+        ctx.signal?.removeEventListener('abort', cancel);
+      }
+      await save({ phase: 'installing' });
+    }
+    const bundle = path.join(ctx.state, 'downloads', `${deploy.bundleSha256}.bundle`);
+    await progress(P.VERIFYING);
+    installed = await installBundle(ctx.store, () => fileSource(bundle), ctx.trust.policy('models'), ctx.decrypt === undefined ? {} : { decrypt: ctx.decrypt });
+    if (installed.model !== record.model || installed.version !== record.version) {
+      throw new FleetError('EAI_OTA_BUNDLE_MISMATCH', `the bundle holds ${installed.model} ${installed.version}, the Deploy command announced ${record.model} ${record.version}; the command and the bundle do not belong together.`, { details: { bundle: `${installed.model}@${installed.version}`, command: `${record.model}@${record.version}` } });
+    }
+    await save({ phase: 'activating' });
+    await progress(P.ACTIVATING);
+    if (installed.entry === undefined) throw new FleetError('EAI_OTA_BUNDLE_MISMATCH', `the bundle of ${record.model} ${record.version} names no entry file; a model bundle must say which file to load.`);
+    await ctx.catalog.set(record.model, path.join(installed.dir, installed.entry), record.version);
+    await ctx.activated?.(record.model);
+    await save({ phase: 'health-check' });
+    const health = deploy.health ?? {};
+    await progress(P.HEALTH_CHECK);
+    const verdict = await watchHealth(ctx, record.model, health);
+    if (verdict !== undefined) {
+      await rollBack(ctx, record, 'EAI_OTA_UNHEALTHY', verdict);
+      throw new FleetError('EAI_OTA_UNHEALTHY', `${record.model} ${record.version} was rolled back: ${verdict}.`, { details: { model: record.model, version: record.version } });
+    }
+    await save({ phase: 'committed' });
+    await progress(P.COMMITTED);
+    await rm(bundle, { force: true });
+    return `${record.model} ${record.version} committed after its health window`;
+  } catch (error) {
+    if (error instanceof FleetError && error.code === 'EAI_OTA_UNHEALTHY') throw error;
+    // Stopped by the agent's shutdown: the record stays as it is and the next start resumes it.
+    if (error instanceof FleetError && error.code === 'EAI_OTA_CANCELLED') throw error;
+    const code = error instanceof AiosError ? error.code : 'EAI_INTERNAL';
+    const reason = error instanceof Error ? error.message : String(error);
+    if (record.phase === 'activating' || record.phase === 'health-check' || installed !== undefined) {
+      await rollBack(ctx, record, code, reason);
+    } else {
+      await save({ phase: 'failed', code, reason });
+      await progress(P.FAILED, { code, reason });
+    }
+    throw error;
+  }
+}
+
+/** Back to the version before: the store's previous slot, and the catalog (so stages swap back). */
+async function rollBack(ctx: DeploymentContext, record: DeploymentRecord, code: string, reason: string): Promise<void> {
+  const P = aios.fleet.v1.DeploymentProgress.Phase;
+  const active = await ctx.store.active(record.model).catch(() => undefined);
+  let now: Slot | undefined = active;
+  if (active?.version === record.version && record.previous !== undefined) now = await ctx.store.rollback(record.model);
+  if (now?.entry !== undefined) {
+    await ctx.catalog.set(record.model, path.join(now.dir, now.entry), now.version).catch((error: unknown) => ctx.log({ msg: 'switching back failed', model: record.model, error: String(error) }));
+  }
+  const updated: DeploymentRecord = { ...record, phase: record.previous === undefined && active?.version === record.version ? 'failed' : 'rolled-back', code, reason };
+  await mkdir(path.join(ctx.state, 'deployments'), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(path.join(ctx.state, 'deployments', `${safe(record.deploymentId)}.json`), `${JSON.stringify(updated, null, 2)}\n`, { mode: 0o600 });
+  ctx.log({ msg: 'deployment rolled back', deployment: record.deploymentId, model: record.model, from: record.version, to: now?.version, code, reason });
+  await ctx.progress({ deploymentId: record.deploymentId, model: record.model, version: record.version, phase: P.ROLLED_BACK, code, reason }, aios.fleet.v1.Event.Severity.ERROR);
+}
+
+/**
+ * Watches the stages that run `store:<model>` for the health window. Returns why the version is
+ * unhealthy, or undefined when it passed.
+ */
+async function watchHealth(ctx: DeploymentContext, model: string, health: aios.fleet.v1.IHealthPolicy): Promise<string | undefined> {
+  const windowMs = (health.windowS ?? 0) * 1000;
+  const sleep = ctx.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const users = (): { name: string; processed: number; errors: number; p99: number; running: boolean }[] =>
+    ctx.pipelines().flatMap((p) =>
+      p.stagesUsing(model).map((stage) => {
+        const n = p.stats.nodes.find((x) => x.node === stage);
+        return { name: `${p.stats.name}/${stage}`, processed: n === undefined ? 0 : n.out, errors: n?.errors ?? 0, p99: n?.latencyMs.p99 ?? 0, running: p.running };
+      }),
+    );
+  const before = users();
+  await sleep(windowMs);
+  const after = users();
+  for (const a of after) {
+    if (!a.running) return `pipeline of ${a.name} stopped during the health window`;
+    const b = before.find((x) => x.name === a.name);
+    const runs = a.processed - (b?.processed ?? 0);
+    const errors = a.errors - (b?.errors ?? 0);
+    const rate = runs + errors === 0 ? 0 : errors / (runs + errors);
+    // max_error_rate 0 (the proto default) allows no failed run at all.
+    const limit = health.maxErrorRate ?? 0;
+    if (rate > limit) return `${a.name} failed ${errors} of ${runs + errors} runs (${(rate * 100).toFixed(1)} %), above the limit of ${(limit * 100).toFixed(1)} %`;
+    if (health.maxLatencyP99Ms != null && health.maxLatencyP99Ms > 0 && a.p99 > health.maxLatencyP99Ms) return `${a.name} p99 latency ${a.p99.toFixed(1)} ms, above the limit of ${health.maxLatencyP99Ms} ms`;
+    // A stage that was busy before the switch and went silent is broken; one that had no input
+    // (a parked robot, a camera off) is not held against the new version.
+    if (windowMs > 0 && runs === 0 && errors === 0 && (b?.processed ?? 0) > 0 && a.running) return `${a.name} ran nothing during the ${health.windowS} s health window, though it ran before the switch`;
+  }
+  return undefined;
+}
+
+/** A deployment id as a file name. */
+function safe(id: string): string {
+  return id.replace(/[^A-Za-z0-9._-]/gu, '_').slice(0, 120) || 'deployment';
+}

@@ -1,0 +1,160 @@
+/**
+ * The fleet on one machine: a controller with its embedded broker, and three device agents that
+ * look like a Jetson Orin NX, a Raspberry Pi 5 with a Coral USB stick and an x86 server (their
+ * hardware comes from captured system roots). Each device enrols with a one-time token and runs
+ * the face-detection pipeline on a real video, waiting for its model; a signed bundle of BlazeFace,
+ * encrypted to the three devices' keys, is rolled out canary first, then to everyone; each device
+ * downloads it in chunks, verifies and decrypts it, swaps it into its running pipeline, watches it
+ * for a health window and commits. Prints the fleet before and after.
+ *
+ * Run: make run (or: npx tsc -p tsconfig.json && node dist/examples/fleet-demo.js [--keep DIR])
+ * Everything lives in a temporary folder (kept with --keep, to look at the controller's database,
+ * the devices' stores and spools), and only loopback ports are used.
+ */
+import { once } from 'node:events';
+import { createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Agent } from '../deploy/agent/agent.js';
+import { parseAgentConfig } from '../deploy/agent/config.js';
+import { Controller } from '../deploy/controller/controller.js';
+import type { DeviceSummary } from '../deploy/controller/devices.js';
+import type { RolloutStatus } from '../deploy/controller/rollouts.js';
+import { X25519Identity } from '../models/bundle/age/keys.js';
+import { createEncryptStream } from '../models/bundle/age/stream.js';
+import { packBundle } from '../models/bundle/bundle.js';
+import { generateSigningKey, type SigningKey } from '../models/keys.js';
+import { createRoot, signRoot } from '../models/trust/root.js';
+import { TrustStore } from '../models/trust/trust-store.js';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), path.basename(path.dirname(path.dirname(fileURLToPath(import.meta.url)))) === 'dist' ? '../..' : '..');
+const keep = process.argv.includes('--keep') ? process.argv[process.argv.indexOf('--keep') + 1] : undefined;
+const work = keep ?? mkdtempSync(path.join(os.tmpdir(), 'aios-fleet-demo-'));
+mkdirSync(work, { recursive: true });
+const DEVICES = [
+  { id: 'jetson-01', sysroot: 'jetson-orin-nx-jp6', labels: { site: 'madrid', kind: 'amr' } },
+  { id: 'pi-coral-01', sysroot: 'rpi5-coral-usb', labels: { site: 'madrid', kind: 'door-cam' } },
+  { id: 'x86-01', sysroot: 'x86-server', labels: { site: 'madrid', kind: 'edge-server' } },
+];
+
+const say = (text: string): void => void process.stdout.write(`${text}\n`);
+const pub = (k: SigningKey): { keyid: string; publicKey: SigningKey['publicKey'] } => ({ keyid: k.keyid, publicKey: k.publicKey });
+
+// The keys of a fleet: a root key (offline in real life), a release key that signs models, and
+// two operators' deploy keys, both needed to command a device.
+const rootKey = generateSigningKey();
+const release = generateSigningKey();
+const ops = [generateSigningKey(), generateSigningKey()];
+const root = signRoot(createRoot({ version: 1, expires: new Date(Date.now() + 365 * 86_400_000), roles: { root: { keys: [pub(rootKey)], threshold: 1 }, models: { keys: [pub(release)], threshold: 1 }, deploy: { keys: ops.map(pub), threshold: 2 } } }), [rootKey]);
+
+say(`aios fleet demo in ${work}`);
+const controller = await Controller.start({ fleet: 'demo', state: path.join(work, 'controller'), deployKeys: ops, hostnames: ['127.0.0.1'], brokerHost: '127.0.0.1', brokerPort: 0, enrolHost: '127.0.0.1', enrolPort: 0, apiHost: '127.0.0.1', apiPort: 0 });
+say(`controller: fleet CA made, embedded broker ${controller.urls.broker}, enrolment ${controller.urls.enrol}, operator API ${controller.urls.api}`);
+
+const agents: Agent[] = [];
+const deviceKeys: X25519Identity[] = [];
+try {
+  for (const d of DEVICES) {
+    // What a device image holds before it first boots: the trust root, the fleet CA, a one-time token,
+    // its own age key for encrypted models, its pipeline and agent.yaml.
+    const dir = path.join(work, d.id);
+    mkdirSync(dir, { recursive: true });
+    await TrustStore.init(path.join(dir, 'trust'), root);
+    writeFileSync(path.join(dir, 'fleet-ca.pem'), controller.ca.certificatePem);
+    writeFileSync(path.join(dir, 'token'), controller.enrolment.issueToken({ validForMs: 3_600_000, deviceId: d.id, labels: d.labels }).token, { mode: 0o600 });
+    const key = X25519Identity.generate();
+    deviceKeys.push(key);
+    writeFileSync(path.join(dir, 'device.age.key'), `${key.encode()}\n`, { mode: 0o600 });
+    writeFileSync(
+      path.join(dir, 'face-detection.yaml'),
+      [
+        'name: face-detection',
+        'sources:',
+        `  camera: { use: video, params: { url: ${JSON.stringify(path.join(repo, 'test/fixtures/video/face-zoom.mp4'))}, width: 384, height: 240, realtime: true, loop: true, fps: 5 } }`,
+        'stages:',
+        '  square: { use: image.crop, params: { center: true, width: 240, height: 240 } }',
+        '  resize: { use: image.resize, params: { width: 128, height: 128 } }',
+        '  normalize: { use: image.normalize, params: { scale: 0.00784313725490196, offset: -1 } }',
+        '  detect: { use: infer, params: { model: "store:face", devices: [cpu], threads: 1 }, queue: { size: 2, full: drop_oldest } }',
+        '  faces: { use: decode.blazeface, params: { anchors: front-128, imageWidth: 240, imageHeight: 240 } }',
+        'sinks:',
+        '  out: { use: callback }',
+        'flows: [camera.frames -> square, square -> resize, resize -> normalize, normalize -> detect, detect -> faces, faces -> out]',
+        '',
+      ].join('\n'),
+    );
+    const config = parseAgentConfig(
+      { fleet: 'demo', device: d.id, broker: controller.urls.broker, controller: controller.urls.enrol, ca: 'fleet-ca.pem', token: 'token', state: 'state', trust: 'trust', models: 'models', identity: 'device.age.key', labels: d.labels, telemetry: { interval: '1s', spool: '4MiB' }, pipelines: ['face-detection.yaml'] },
+      path.join(dir, 'agent.yaml'),
+    );
+    agents.push(await Agent.start(config, { sysroot: path.join(repo, 'test/fixtures/sysroots', d.sysroot) }));
+  }
+  await until(() => controller.registry.list().filter((d) => d.state === 'online' && d.telemetrySequence !== undefined).length === DEVICES.length, 30_000);
+  say('\nthe fleet, enrolled and online (pipelines wait for their model):');
+  say(fleetTable(controller.registry.list()));
+
+  // A release: BlazeFace, signed by the release key, encrypted to the three devices.
+  const bundleFile = path.join(work, 'face-1.0.0.bundle');
+  const out = createWriteStream(bundleFile);
+  await packBundle(
+    {
+      metadata: { name: 'face', version: '1.0.0', branch: 'main', format: 'onnx', entry: 'face.onnx', inputs: [{ name: 'input:0', dtype: 'float32', shape: [1, 128, 128, 3] }], outputs: [], targets: ['cpu', 'cuda', 'jetson'], minRuntimeVersion: '0.1.0', author: 'release@demo' },
+      files: [{ path: 'face.onnx', source: path.join(repo, 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx'), encrypt: true }],
+      keys: [release],
+      encryptTo: { recipients: deviceKeys.length, createEncryptStream: () => createEncryptStream(deviceKeys.map((k) => k.recipient)) },
+    },
+    out,
+  );
+  if (!out.closed) await once(out, 'close');
+  const deployment = await controller.deployments.create(bundleFile, { health: { windowS: 3, maxErrorRate: 0.05 }, chunkSize: 64 * 1024 });
+  const rollout = await controller.rollouts.start({ deploymentId: deployment.id, target: { labels: { site: 'madrid' } }, stages: [{ name: 'canary', count: 1 }, { name: 'all', percent: 100 }] });
+  say(`\nrollout ${rollout.id}: face 1.0.0 (${deployment.bundleSize} bytes, encrypted to ${deviceKeys.length} devices), canary ${rollout.stages[0]?.devices.join(', ')} first`);
+  let last = '';
+  for (;;) {
+    const r = controller.rollouts.status(rollout.id);
+    const line = progressLine(r);
+    if (line !== last) say(line);
+    last = line;
+    if (r.state !== 'running') break;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  await until(() => controller.registry.list().every((d) => d.models[0]?.active === '1.0.0' && d.pipelines[0]?.state === 'RUNNING'), 15_000).catch(() => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 2500)); // a telemetry record or two from the running pipelines
+  say('\nthe fleet after the rollout:');
+  say(fleetTable(controller.registry.list()));
+} finally {
+  for (const a of agents) await a.stop();
+  await controller.stop();
+  if (keep === undefined) rmSync(work, { recursive: true, force: true });
+}
+
+function progressLine(r: RolloutStatus): string {
+  return `  ${r.state.padEnd(9)} ${r.stages.map((s) => `${s.name} ${s.committed}/${s.devices.length} committed${s.failed > 0 ? `, ${s.failed} failed` : ''}${s.pending > 0 ? `, ${s.pending} deploying` : ''}`).join(' | ')}${r.reason === undefined ? '' : ` (${r.reason})`}`;
+}
+
+function fleetTable(devices: readonly DeviceSummary[]): string {
+  const rows = [['device', 'state', 'hardware', 'model', 'pipeline', 'cpu', 'temp', 'labels']];
+  for (const d of devices) {
+    rows.push([
+      d.deviceId,
+      d.state,
+      d.accelerators.join(' '),
+      d.models.map((m) => `${m.model} ${m.active}`).join(' ') || '-',
+      d.pipelines.map((p) => `${p.name} ${p.state.toLowerCase().replace(/_/gu, ' ')}`).join(' ') || '-',
+      d.cpuPercent === undefined ? '-' : `${d.cpuPercent.toFixed(0)}%`,
+      d.temperatureC === undefined ? '-' : `${d.temperatureC.toFixed(0)}°C`,
+      Object.entries(d.labels).map(([k, v]) => `${k}=${v}`).join(' '),
+    ]);
+  }
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+}
+
+async function until(condition: () => boolean, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error(`the demo waited ${timeoutMs} ms for ${condition.toString()}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
