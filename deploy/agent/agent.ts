@@ -24,6 +24,7 @@ import type { AgentConfig } from './config.js';
 import { ensureEnrolled, type DeviceIdentity } from './enrol.js';
 import { deployModel, resumeDeployments, type DeploymentContext } from './deployment.js';
 import { describeHardware } from './hardware.js';
+import { noDelay } from '../fleet/no-delay.js';
 import { Publisher } from './publisher.js';
 import { TelemetrySampler } from './telemetry.js';
 
@@ -207,6 +208,7 @@ export class Agent {
   #wire(): void {
     const { fleet, device } = this.config;
     this.#client.on('connect', () => {
+      noDelay(this.#client);
       this.#log({ msg: 'connected', broker: this.config.broker });
       void this.#announce().catch((error: unknown) => this.#log({ msg: 'announce failed', error: String(error) }));
       if (!this.#resumed) {

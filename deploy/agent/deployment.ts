@@ -29,9 +29,11 @@ import { BundleDownload, bundleTransfer } from './ota-download.js';
  *  5. COMMITTED, or ROLLED_BACK: the store goes back to the previous slot and the stages with it.
  *
  * Each phase is recorded (state/deployments/<id>.json, written atomically) before it starts, so
- * an agent killed at any point resumes: a download or verification continues, a deployment caught
- * installed but not committed is rolled back (it never passed its health window). The store's own
- * A/B switch guarantees the active version is always a complete, verified one.
+ * an agent killed at any point resumes: a download or verification continues; a deployment caught
+ * installed but not committed is rolled back (it never passed its health window, and may be what
+ * brought the device down), unless it is the model's first version, which has nothing to go back
+ * to: that one runs its health window again. The store's own A/B switch guarantees the active
+ * version is always a complete, verified one.
  */
 export type Phase = 'downloading' | 'installing' | 'activating' | 'health-check' | 'committed' | 'rolled-back' | 'failed';
 
@@ -106,7 +108,8 @@ export async function resumeDeployments(ctx: DeploymentContext, finished?: (reco
       continue;
     }
     if (record.phase === 'committed' || record.phase === 'rolled-back' || record.phase === 'failed') continue;
-    if (record.phase === 'activating' || record.phase === 'health-check') {
+    if ((record.phase === 'activating' || record.phase === 'health-check') && record.previous !== undefined) {
+      // The new version may be what brought the device down: back to the one that ran before.
       const reason = 'the agent restarted before the new version passed its health window';
       await rollBack(ctx, record, 'EAI_OTA_INTERRUPTED', reason);
       outcomes.push({ deploymentId: record.deploymentId, outcome: 'rolled back' });
@@ -168,15 +171,27 @@ async function continueDeployment(ctx: DeploymentContext, start: DeploymentRecor
       await save({ phase: 'installing' });
     }
     const bundle = path.join(ctx.state, 'downloads', `${deploy.bundleSha256}.bundle`);
-    await progress(P.VERIFYING);
-    installed = await installBundle(ctx.store, () => fileSource(bundle), ctx.trust.policy('models'), ctx.decrypt === undefined ? {} : { decrypt: ctx.decrypt });
-    if (installed.model !== record.model || installed.version !== record.version) {
-      throw new FleetError('EAI_OTA_BUNDLE_MISMATCH', `the bundle holds ${installed.model} ${installed.version}, the Deploy command announced ${record.model} ${record.version}; the command and the bundle do not belong together.`, { details: { bundle: `${installed.model}@${installed.version}`, command: `${record.model}@${record.version}` } });
+    let slot: Slot;
+    if (record.phase === 'installing') {
+      await progress(P.VERIFYING);
+      slot = await installBundle(ctx.store, () => fileSource(bundle), ctx.trust.policy('models'), ctx.decrypt === undefined ? {} : { decrypt: ctx.decrypt });
+      installed = slot;
+      if (slot.model !== record.model || slot.version !== record.version) {
+        throw new FleetError('EAI_OTA_BUNDLE_MISMATCH', `the bundle holds ${slot.model} ${slot.version}, the Deploy command announced ${record.model} ${record.version}; the command and the bundle do not belong together.`, { details: { bundle: `${slot.model}@${slot.version}`, command: `${record.model}@${record.version}` } });
+      }
+    } else {
+      // Resumed after the install (a first version, which has nothing to roll back to): the
+      // store's active slot is it, checked again before use.
+      const lease = await ctx.store.acquire(record.model);
+      lease.release();
+      slot = lease.slot;
+      installed = slot;
+      if (slot.version !== record.version) throw new FleetError('EAI_OTA_INTERRUPTED', `${record.model} ${slot.version} is active, not ${record.version}: the deployment cannot be resumed.`);
     }
     await save({ phase: 'activating' });
     await progress(P.ACTIVATING);
-    if (installed.entry === undefined) throw new FleetError('EAI_OTA_BUNDLE_MISMATCH', `the bundle of ${record.model} ${record.version} names no entry file; a model bundle must say which file to load.`);
-    await ctx.catalog.set(record.model, path.join(installed.dir, installed.entry), record.version);
+    if (slot.entry === undefined) throw new FleetError('EAI_OTA_BUNDLE_MISMATCH', `the bundle of ${record.model} ${record.version} names no entry file; a model bundle must say which file to load.`);
+    await ctx.catalog.set(record.model, path.join(slot.dir, slot.entry), record.version);
     await ctx.activated?.(record.model);
     await save({ phase: 'health-check' });
     const health = deploy.health ?? {};

@@ -286,7 +286,7 @@ export class BundleDownload {
       this.#stats.resumedChunks = this.#chunks;
       this.#stats.chunksHeld = this.#chunks;
       this.#state = 'ended';
-      this.#onProgress(this.#bytesDone, this.#transfer.bundleSize);
+      this.#report();
       this.#resolve(bundle);
       return true;
     }
@@ -576,7 +576,11 @@ export class BundleDownload {
   }
 
   #report(): void {
-    this.#onProgress(this.#bytesDone, this.#transfer.bundleSize);
+    try {
+      this.#onProgress(this.#bytesDone, this.#transfer.bundleSize);
+    } catch {
+      // The caller's progress display failing is no reason to stop fetching (nor to crash).
+    }
   }
 
   #mark(index: number): void {

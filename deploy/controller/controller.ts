@@ -8,6 +8,7 @@ import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { writeFileAtomic } from '../../models/atomic-write.js';
 import type { SigningKey } from '../../models/keys.js';
+import { noDelay } from '../fleet/no-delay.js';
 import { DEFAULT_CONTROLLER } from '../fleet/broker-acl.js';
 import { FleetError } from '../fleet/errors.js';
 import { FleetBroker, listen } from '../fleet/broker.js';
@@ -111,6 +112,8 @@ export class Controller {
       db.close();
       throw new FleetError('EAI_FLEET_BROKER', `the controller cannot connect to the broker at ${brokerUrl} (${cause instanceof Error ? cause.message : String(cause)}). With an external broker, check that it trusts ${path.join(options.state, 'ca.pem')} and serves a certificate from it for that host name, and that its ACL lists ${DEFAULT_CONTROLLER}.`, { cause, details: { broker: brokerUrl } });
     }
+    noDelay(client);
+    client.on('connect', () => noDelay(client));
     const registry = new DeviceRegistry(db, { fleet, now, onDrop: (why) => log({ msg: 'dropped', why }) });
     const commands = new CommandQueue(db, {
       fleet,
@@ -170,6 +173,7 @@ export class Controller {
     await this.rollouts.tick();
     await this.#bundles.close();
     await this.#client.endAsync();
+    this.registry.close();
     for (const s of this.#servers) {
       s.closeAllConnections();
       await new Promise<void>((resolve) => s.close(() => resolve()));

@@ -62,7 +62,11 @@ export class FleetBroker {
   static async start(options: FleetBrokerOptions): Promise<FleetBroker> {
     const acl = new FleetAcl(options);
     const aedes = await Aedes.createBroker();
-    const server = tls.createServer({ cert: options.tls.cert, key: options.tls.key, ca: options.tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, (socket) => aedes.handle(socket));
+    const server = tls.createServer(
+      // noDelay: MQTT's small packets (acks, chunk requests) must not wait ~40 ms for Nagle.
+      { cert: options.tls.cert, key: options.tls.key, ca: options.tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2', noDelay: true },
+      (socket) => aedes.handle(socket),
+    );
     const broker = new FleetBroker(acl, aedes, server, options.onRefusal ?? (() => undefined));
     broker.#install();
     // A failed handshake (no certificate, another CA) never reaches MQTT; count it. With a

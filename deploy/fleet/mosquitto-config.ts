@@ -52,6 +52,8 @@ export function mosquittoConfig(options: MosquittoConfigOptions): MosquittoConfi
     ...persistence,
     `max_queued_messages ${options.maxQueuedMessages ?? 1000}`,
     `max_packet_size ${(options.messageSizeLimit ?? 2 * 1024 * 1024) + 1024}`,
+    // Acks and chunk requests are small: without this each waits ~40 ms for Nagle's algorithm.
+    'set_tcp_nodelay true',
     '',
     `listener ${options.port ?? 8883}${options.bind === undefined ? '' : ` ${options.bind}`}`,
     'protocol mqtt',

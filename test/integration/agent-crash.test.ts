@@ -55,7 +55,7 @@ afterAll(async () => {
 });
 
 function startChild(): ChildProcess {
-  return spawn(process.execPath, [path.join(repo, 'test/fixtures/fleet/agent-child.mjs')], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawn(process.execPath, [path.join(repo, 'test/fixtures/fleet/agent-child.mjs')], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
 }
 
 describe('an agent killed during an OTA deployment', () => {

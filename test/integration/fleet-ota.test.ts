@@ -120,6 +120,8 @@ describe('OTA model deployment', () => {
     await controller.deployments.target(d.id, ['robot-1']);
     expect(await settled(d.id)).toMatchObject({ phase: 'ROLLED_BACK', code: 'EAI_MODEL_SWAP_INCOMPATIBLE' });
     await until(() => controller.registry.get('robot-1')?.models[0]?.active === '2.0.0', 10_000);
+    // The FAILED ack follows the ROLLED_BACK event through the device's spool.
+    await until(() => controller.commands.list('robot-1', 1)[0]?.status === 'failed', 10_000);
     expect(controller.commands.list('robot-1', 1)[0]).toMatchObject({ action: 'deploy', status: 'failed', code: 'EAI_MODEL_SWAP_INCOMPATIBLE' });
     expect(controller.registry.get('robot-1')?.pipelines[0]?.state).toBe('RUNNING');
   });

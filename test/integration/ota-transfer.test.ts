@@ -12,13 +12,12 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
-import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BundleDownload, type BundleDownloadOptions, type BundleTransfer } from '../../deploy/agent/ota-download.js';
 import { BundleServer, chunkDigests, type BundleFile } from '../../deploy/controller/ota-server.js';
@@ -28,6 +27,7 @@ import { mosquittoConfig } from '../../deploy/fleet/mosquitto-config.js';
 import { createCertificateAuthority, issueCertificate } from '../../deploy/fleet/pki/certificate.js';
 import { deviceTopic, parseDeviceTopic } from '../../deploy/fleet/topics.js';
 import { aios } from '../../deploy/proto/gen/aios.js';
+import { transpileGraph } from '../support/transpile.js';
 import { findBinary, startMosquitto, until, type Mosquitto } from '../support/wait.js';
 
 const repo = path.resolve(import.meta.dirname, '../..');
@@ -599,7 +599,7 @@ describe('bundle transfer: a device process killed at random points (embedded br
     broker = await FleetBroker.start({ fleet: FLEET, tls: { cert: serverIdentity.cert, key: serverIdentity.key, ca: ca.certificatePem }, port: 0 });
     ctl = await startController(broker.url);
     build = path.join(tmp, 'build');
-    const entry = await transpileWithGenerated(repo, 'deploy/agent/ota-download.ts', build);
+    const entry = await transpileGraph(repo, 'deploy/agent/ota-download.ts', build);
     // Bare imports (mqtt, protobufjs) resolve from the repository's node_modules.
     symlinkSync(path.join(repo, 'node_modules'), path.join(build, 'node_modules'), 'dir');
     childScript = path.join(build, 'ota-child.mjs');
@@ -731,37 +731,6 @@ const file = await download.done();
 process.stdout.write(JSON.stringify({ file, stats: download.stats() }) + '\\n');
 await client.endAsync();
 `;
-}
-
-/**
- * test/unit/models/store/transpile.ts's technique (ts.transpileModule per file, following
- * relative imports into `out`), extended to the generated protobuf code, which is JavaScript
- * already and is copied as it is.
- */
-async function transpileWithGenerated(root: string, entry: string, out: string): Promise<string> {
-  const seen = new Set<string>();
-  const queue = [path.resolve(root, entry)];
-  for (let file = queue.pop(); file !== undefined; file = queue.pop()) {
-    if (seen.has(file)) continue;
-    seen.add(file);
-    const target = path.join(out, path.relative(root, file)).replace(/\.ts$/u, '.js');
-    await mkdir(path.dirname(target), { recursive: true });
-    const source = await readFile(file, 'utf8');
-    if (file.endsWith('.js')) {
-      await writeFile(target, source);
-      continue;
-    }
-    for (const m of source.matchAll(/(?:from\s+|import\s*\(\s*)['"](\.{1,2}\/[^'"]+)\.js['"]/gu)) {
-      if (m[1] === undefined) continue;
-      const js = path.resolve(path.dirname(file), `${m[1]}.js`);
-      queue.push(existsSync(js) ? js : path.resolve(path.dirname(file), `${m[1]}.ts`));
-    }
-    const { outputText } = ts.transpileModule(source, { fileName: file, compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: true, sourceMap: false } });
-    await writeFile(target, outputText);
-  }
-  await writeFile(path.join(out, 'package.json'), '{ "type": "module" }\n');
-  mkdirSync(out, { recursive: true });
-  return path.join(out, path.relative(root, entry)).replace(/\.ts$/u, '.js');
 }
 
 function mulberry32(seed: number): () => number {
