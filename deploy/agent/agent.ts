@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+import { writeFileAtomic } from '../../models/atomic-write.js';
 import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { AiosError } from '../../drivers/errors.js';
@@ -50,6 +52,8 @@ export interface AgentOptions {
 
 interface RunningPipeline {
   file: string;
+  /** A configuration sent with setConfig, kept in the agent's state and used instead of `file` (paths still resolve against `file`'s folder). */
+  override?: string;
   pipeline: Pipeline | undefined;
   running: boolean;
   error?: string;
@@ -142,6 +146,9 @@ export class Agent {
     const pipelines = new Map<string, RunningPipeline>();
     for (const file of config.pipelines) {
       const running: RunningPipeline = { file, pipeline: undefined, running: false };
+      const name = await pipelineName(file);
+      const override = path.join(config.state, 'pipelines', `${name}.yaml`);
+      if (name !== undefined && (await readFile(override, 'utf8').then(() => true, () => false))) running.override = override;
       try {
         await startPipeline(running);
       } catch (error) {
@@ -325,6 +332,37 @@ export class Agent {
         await this.#republishBirth();
         return `pipeline ${name} running`;
       }
+      case 'setConfig': {
+        const name = c.setConfig?.pipeline ?? '';
+        const p = this.#pipeline(name);
+        const yaml = c.setConfig?.configYaml ?? '';
+        // Checked whole before anything stops: a configuration that does not validate changes nothing.
+        const parsed = parsePipelineYaml(yaml, name);
+        await Pipeline.fromConfig(parsed, { baseDir: path.dirname(p.file), statsIntervalMs: 0 });
+        const dir = path.join(this.config.state, 'pipelines');
+        await mkdir(dir, { recursive: true, mode: 0o700 });
+        const file = path.join(dir, `${name}.yaml`);
+        const before = p.override;
+        const previous = before === undefined ? undefined : await readFile(before, 'utf8');
+        await writeFileAtomic(file, yaml, { mode: 0o600 });
+        p.running = false;
+        await p.pipeline?.stop();
+        p.override = file;
+        try {
+          await startPipeline(p);
+        } catch (error) {
+          // Back to what ran before: its configuration, restarted.
+          if (previous === undefined) {
+            await rm(file, { force: true });
+            delete p.override;
+          } else await writeFileAtomic(file, previous, { mode: 0o600 });
+          await startPipeline(p).catch((again: unknown) => void (p.error = again instanceof Error ? again.message : String(again)));
+          await this.#republishBirth();
+          throw error;
+        }
+        await this.#republishBirth();
+        return `pipeline ${name} restarted with the new configuration`;
+      }
       case 'deploy': {
         const message = await deployModel(this.#deployment(), c.deploy as aios.fleet.v1.Deploy, admitted.sequence);
         await this.#republishBirth();
@@ -424,13 +462,39 @@ function modelMissing(error: unknown): boolean {
 async function startPipeline(p: RunningPipeline): Promise<void> {
   delete p.error;
   delete p.errorCode;
-  const pipeline = await Pipeline.fromFile(p.file, { statsIntervalMs: 0 });
+  const pipeline =
+    p.override === undefined
+      ? await Pipeline.fromFile(p.file, { statsIntervalMs: 0 })
+      : await Pipeline.fromConfig(parsePipelineYaml(await readFile(p.override, 'utf8'), path.basename(p.override, '.yaml')), { baseDir: path.dirname(p.file), statsIntervalMs: 0 });
   pipeline.once('done', () => {
     if (p.pipeline === pipeline) p.running = false;
   });
   p.pipeline = pipeline;
   await pipeline.start();
   p.running = true;
+}
+
+/** A pipeline configuration sent by setConfig: YAML of the pipeline named `name`. */
+function parsePipelineYaml(text: string, name: string): unknown {
+  let parsed: unknown;
+  try {
+    parsed = parseYaml(text);
+  } catch (cause) {
+    throw new FleetError('EAI_AGENT_CONFIG', `the configuration sent for pipeline ${name} is not valid YAML: ${(cause as Error).message}`, { cause });
+  }
+  const given = (parsed as { name?: unknown } | null)?.name;
+  if (given !== name) throw new FleetError('EAI_AGENT_CONFIG', `the configuration sent for pipeline ${name} names pipeline '${String(given)}'; a setConfig replaces the configuration of the pipeline it names, so the names must match.`);
+  return parsed;
+}
+
+/** The `name:` of a pipeline file, or undefined when it cannot be read. */
+async function pipelineName(file: string): Promise<string | undefined> {
+  try {
+    const name = (parseYaml(await readFile(file, 'utf8')) as { name?: unknown } | null)?.name;
+    return typeof name === 'string' ? name : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The sequence of a command that was refused, when it can be read at all (for the ack). */

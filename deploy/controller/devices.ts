@@ -21,6 +21,8 @@ export interface DeviceSummary {
   readonly accelerators: readonly string[];
   readonly models: readonly { readonly model: string; readonly active: string; readonly previous: string }[];
   readonly pipelines: readonly { readonly name: string; readonly state: string }[];
+  /** The stages the last telemetry record reported, as pipeline/stage, with their message rate. */
+  readonly stages: readonly { readonly stage: string; readonly rateHz: number; readonly errors: number }[];
   readonly cpuPercent?: number;
   readonly memoryUsedBytes?: number;
   readonly temperatureC?: number;
@@ -240,6 +242,7 @@ function summary(row: DeviceRow): DeviceSummary {
     accelerators: birth?.hardware?.accelerators?.map((a) => a.id ?? '') ?? [],
     models: birth?.models.map((m) => ({ model: m.model ?? '', active: m.activeVersion ?? '', previous: m.previousVersion ?? '' })) ?? [],
     pipelines: birth?.pipelines.map((p) => ({ name: p.name ?? '', state: String(aios.fleet.v1.PipelineInfo.State[p.state ?? 0] ?? 'STATE_UNSPECIFIED') })) ?? [],
+    stages: (t?.stages ?? []).map((st) => ({ stage: `${st.pipeline ?? ''}/${st.stage ?? ''}`, rateHz: finite(st.rateHz) ? (st.rateHz as number) : 0, errors: wholeNumber(st.errors) })),
     ...(finite(t?.device?.cpuPercent) ? { cpuPercent: t?.device?.cpuPercent as number } : {}),
     ...(t?.device?.memoryUsedBytes == null ? {} : { memoryUsedBytes: wholeNumber(t.device.memoryUsedBytes) }),
     ...(finite(t?.device?.temperatureC) ? { temperatureC: t?.device?.temperatureC as number } : {}),

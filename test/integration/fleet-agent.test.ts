@@ -119,6 +119,23 @@ describe('a device agent and the fleet controller', () => {
     expect(controller.registry.get('robot-1')?.pipelines[0]?.state).toBe('RUNNING');
   });
 
+  it("setConfig replaces a pipeline's configuration: validated first, and a bad one changes nothing", async () => {
+    const config = (extra: string): string => ['name: front-camera', 'sources:', '  camera: { use: synthetic, params: { pattern: color-bars, rate: 50, width: 64, height: 48, format: rgb24 } }', 'stages:', '  small: { use: image.resize, params: { width: 32, height: 24 } }', extra, 'sinks:', '  out: { use: callback }', `flows: [camera -> small, ${extra === '' ? 'small -> out' : 'small -> tiny, tiny -> out'}]`, ''].join('\n');
+    const send = async (body: object): Promise<{ status: string; code?: string }> => {
+      const c = await controller.commands.send('robot-1', body);
+      return controller.commands.until('robot-1', c.sequence, ['done', 'failed', 'rejected'], 20_000);
+    };
+    expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: config('  tiny: { use: image.resize, params: { width: 16, height: 12 } }') } })).toMatchObject({ status: 'done' });
+    await until(() => controller.registry.get('robot-1')?.stages.some((st) => st.stage === 'front-camera/tiny') === true, 15_000);
+    expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: 'name: [unclosed' } })).toMatchObject({ status: 'failed', code: 'EAI_AGENT_CONFIG' });
+    expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: config('  tiny: { use: image.no-such-stage }') } })).toMatchObject({ status: 'failed', code: 'EAI_CFG_INVALID' });
+    expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: config('').replace('name: front-camera', 'name: other') } })).toMatchObject({ status: 'failed', code: 'EAI_AGENT_CONFIG' });
+    expect(controller.registry.get('robot-1')?.pipelines[0]?.state).toBe('RUNNING');
+    const seq = controller.registry.get('robot-1')?.telemetrySequence ?? 0;
+    await until(() => (controller.registry.get('robot-1')?.telemetrySequence ?? 0) > seq + 2, 15_000);
+    expect(controller.registry.get('robot-1')?.stages.map((st) => st.stage)).toContain('front-camera/tiny');
+  });
+
   it('goes offline cleanly on stop, and its queued commands wait for it and run when it returns', async () => {
     const config = await provision('robot-2');
     const agent = await startAgent(config);
