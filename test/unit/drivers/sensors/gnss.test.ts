@@ -157,11 +157,12 @@ describe('MRPT GPS text replay (real RTK recordings, Málaga 2008)', () => {
     const lateness: number[] = [];
     for await (const m of new GnssReplay(file, { timeBase: 'replay' }).messages(new AbortController().signal)) lateness.push(Date.now() - Number(m.sensorTimeNs / 1_000_000n));
     expect(lateness).toHaveLength(3);
-    // Never early (the wall clock has millisecond steps). Timers fire late by however busy the
-    // machine is (tens of ms while the whole suite runs on 2 cores), but less than the 200 ms
-    // between fixes: more would mean the replay is not paced by the clock.
-    expect(lateness.every((ms) => ms >= -1), `lateness ${lateness.join(', ')} ms`).toBe(true);
-    expect(lateness.every((ms) => ms < 200), `lateness ${lateness.join(', ')} ms`).toBe(true);
+    // Never early: that is the replay's promise. The replay waits on the monotonic clock and the
+    // check reads the wall clock, which can drift from it by a few ms (NTP slewing; -2 ms seen),
+    // hence -5. How late a timer fires depends on how busy the machine is (hundreds of ms while
+    // the whole suite, agents and brokers included, runs on 2 cores); a second would be a wrong wait.
+    expect(lateness.every((ms) => ms >= -5), `lateness ${lateness.join(', ')} ms`).toBe(true);
+    expect(lateness.every((ms) => ms < 1000), `lateness ${lateness.join(', ')} ms`).toBe(true);
   });
 
   it('rows: quality 0 is an epoch without a fix; short or non-numeric rows are malformed', () => {
