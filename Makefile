@@ -74,6 +74,9 @@ bench: build
 	node dist/bench/age-decrypt.js
 	node dist/bench/bundle-verify.js
 	node dist/bench/pipeline-overload.js
+	node dist/bench/spool.js
+	node dist/bench/ota.js
+	node dist/bench/agent-crash.js --kills 1000
 
 lint: node_modules/.installed
 	node scripts/gen-proto.mjs
