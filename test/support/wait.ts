@@ -1,7 +1,11 @@
 import { spawn } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { findBinary, freePort } from '../../bench/local-services.js';
+
+// Shared with the benches, which start their own brokers the same way.
+export { findBinary, freePort };
 
 /** Polls `condition` every 10 ms; rejects naming the condition when `timeoutMs` passes first. */
 export async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
@@ -12,20 +16,7 @@ export async function until(condition: () => boolean | Promise<boolean>, timeout
   }
 }
 
-/** An installed program by name, looking also in the sbin folders daemons live in. */
-export function findBinary(name: string): string | undefined {
-  const dirs = [...(process.env['PATH'] ?? '').split(path.delimiter), '/usr/sbin', '/usr/local/sbin', '/sbin'];
-  return dirs.map((d) => path.join(d, name)).find((p) => existsSync(p));
-}
 
-/** A TCP port on 127.0.0.1 that was free a moment ago, for a service a test starts. */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** Resolves once something accepts TCP connections on 127.0.0.1:`port`. */
 export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
