@@ -24,9 +24,9 @@
 import { Buffer } from 'node:buffer';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import { writeFileAtomic } from '../../models/atomic-write.js';
 import { SpoolError, spoolIoError } from './spool-errors.js';
+import { crc32 } from '../../drivers/crc32.js';
 
 export const FORMAT_VERSION = 1;
 export const MAGIC = Buffer.from('AIOSSPL', 'latin1');
@@ -171,18 +171,3 @@ export function writeSeq(b: Buffer, at: number, seq: number): void {
 export function readSeq(b: Buffer, at: number): number {
   return b.readUInt32LE(at + 4) * TWO_32 + b.readUInt32LE(at);
 }
-
-/** CRC-32 (IEEE), continuing from `previous`. Node's native `zlib.crc32` arrived in 20.15; older 20.x get the table version. */
-function crc32(data: Uint8Array, previous = 0): number {
-  const native = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
-  if (native !== undefined) return native(data, previous);
-  let c = ~previous;
-  for (const byte of data) c = (CRC_TABLE[(c ^ byte) & 0xff] ?? 0) ^ (c >>> 8);
-  return ~c >>> 0;
-}
-
-const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});

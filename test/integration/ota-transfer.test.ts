@@ -29,6 +29,7 @@ import { deviceTopic, parseDeviceTopic } from '../../deploy/fleet/topics.js';
 import { aios } from '../../deploy/proto/gen/aios.js';
 import { transpileGraph } from '../support/transpile.js';
 import { findBinary, startMosquitto, until, type Mosquitto } from '../support/wait.js';
+import { mulberry32 } from '../support/random.js';
 
 const repo = path.resolve(import.meta.dirname, '../..');
 const MOSQUITTO = findBinary('mosquitto');
@@ -731,15 +732,4 @@ const file = await download.done();
 process.stdout.write(JSON.stringify({ file, stats: download.stats() }) + '\\n');
 await client.endAsync();
 `;
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

@@ -19,6 +19,7 @@ import { Spool, type SpoolOptions, type SpoolRecord } from '../../../../deploy/f
 import { SpoolError } from '../../../../deploy/fleet/spool-errors.js';
 import { AiosError } from '../../../../drivers/errors.js';
 import { transpileGraph } from '../../../support/transpile.js';
+import { mulberry32 } from '../../../support/random.js';
 
 const repo = path.resolve(import.meta.dirname, '../../../..');
 const FRAME = 20;
@@ -683,15 +684,4 @@ function runChild(script: string, env: Record<string, string>, killAfterMs: numb
       resolve({ signal, stdout, stderr });
     });
   });
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

@@ -22,6 +22,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelStore } from '../../../../models/store/model-store.js';
 import { modelFiles, tree, writerOf } from './helpers.js';
 import { transpileGraph } from '../../../support/transpile.js';
+import { mulberry32 } from '../../../support/random.js';
 
 const repo = path.resolve(import.meta.dirname, '../../../..');
 const child = path.join(repo, 'test/fixtures/store/store-child.mjs');
@@ -207,14 +208,3 @@ describe('model store: two processes at once', () => {
     }
   });
 });
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
