@@ -1,14 +1,14 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FleetBroker, type Refusal } from '../../deploy/fleet/broker.js';
-import { mosquittoConfig } from '../../deploy/fleet/mosquitto-config.js';
 import { createCertificateAuthority, issueCertificate } from '../../deploy/fleet/pki/certificate.js';
 import { deviceTopic, everyDevice } from '../../deploy/fleet/topics.js';
-import { findBinary, startMosquitto, type Mosquitto } from '../support/wait.js';
+import { startFleetMosquitto } from '../support/fleet-mosquitto.js';
+import { findBinary } from '../support/wait.js';
 
 // The fleet's broker rules, against the embedded broker and a real Mosquitto configured by
 // mosquittoConfig: mutual TLS with certificates from the fleet CA, and each device confined to
@@ -105,21 +105,8 @@ const brokers: readonly [string, () => Promise<Broker>][] = [
   [
     'Mosquitto with `aios controller broker-config --mosquitto`',
     async () => {
-      const dir = mkdtempSync(path.join(tmp, 'mosquitto-'));
-      const files = { cafile: path.join(dir, 'ca.pem'), certfile: path.join(dir, 'broker.pem'), keyfile: path.join(dir, 'broker.key'), aclFile: path.join(dir, 'fleet.acl') };
-      writeFileSync(files.cafile, ca.certificatePem);
-      writeFileSync(files.certfile, server.cert);
-      writeFileSync(files.keyfile, server.key, { mode: 0o600 });
-      let broker: Mosquitto | undefined;
-      broker = await startMosquitto(MOSQUITTO as string, {
-        dir,
-        config: (port) => {
-          const { conf, acl } = mosquittoConfig({ fleet: FLEET, port, bind: '127.0.0.1', persistenceLocation: null, ...files });
-          writeFileSync(files.aclFile, acl);
-          return conf;
-        },
-      });
-      return { url: `mqtts://127.0.0.1:${broker.port}`, refusals: [], closesOnRefusedPublish: false, close: async () => broker?.stop() };
+      const broker = await startFleetMosquitto(MOSQUITTO as string, tmp, { fleet: FLEET, caPem: ca.certificatePem, certPem: server.cert, keyPem: server.key });
+      return { url: `mqtts://127.0.0.1:${broker.port}`, refusals: [], closesOnRefusedPublish: false, close: async () => broker.stop() };
     },
   ],
 ];

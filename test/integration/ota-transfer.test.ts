@@ -23,12 +23,12 @@ import { BundleDownload, type BundleDownloadOptions, type BundleTransfer } from 
 import { BundleServer, chunkDigests, type BundleFile } from '../../deploy/controller/ota-server.js';
 import { FleetBroker } from '../../deploy/fleet/broker.js';
 import { FleetError } from '../../deploy/fleet/errors.js';
-import { mosquittoConfig } from '../../deploy/fleet/mosquitto-config.js';
 import { createCertificateAuthority, issueCertificate } from '../../deploy/fleet/pki/certificate.js';
 import { deviceTopic, parseDeviceTopic } from '../../deploy/fleet/topics.js';
 import { aios } from '../../deploy/proto/gen/aios.js';
 import { transpileGraph } from '../support/transpile.js';
-import { findBinary, startMosquitto, until, type Mosquitto } from '../support/wait.js';
+import { startFleetMosquitto } from '../support/fleet-mosquitto.js';
+import { findBinary, until } from '../support/wait.js';
 import { mulberry32 } from '../support/random.js';
 
 const repo = path.resolve(import.meta.dirname, '../..');
@@ -91,21 +91,8 @@ const brokers: readonly [string, () => Promise<Broker>][] = [
   [
     'Mosquitto',
     async () => {
-      const dir = mkdtempSync(path.join(tmp, 'mosquitto-'));
-      const files = { cafile: path.join(dir, 'ca.pem'), certfile: path.join(dir, 'broker.pem'), keyfile: path.join(dir, 'broker.key'), aclFile: path.join(dir, 'fleet.acl') };
-      writeFileSync(files.cafile, ca.certificatePem);
-      writeFileSync(files.certfile, serverIdentity.cert);
-      writeFileSync(files.keyfile, serverIdentity.key, { mode: 0o600 });
-      let broker: Mosquitto | undefined;
-      broker = await startMosquitto(MOSQUITTO as string, {
-        dir,
-        config: (port) => {
-          const { conf, acl } = mosquittoConfig({ fleet: FLEET, port, bind: '127.0.0.1', persistenceLocation: null, ...files });
-          writeFileSync(files.aclFile, acl);
-          return conf;
-        },
-      });
-      return { url: `mqtts://127.0.0.1:${broker.port}`, close: async () => broker?.stop() };
+      const broker = await startFleetMosquitto(MOSQUITTO as string, tmp, { fleet: FLEET, caPem: ca.certificatePem, certPem: serverIdentity.cert, keyPem: serverIdentity.key });
+      return { url: `mqtts://127.0.0.1:${broker.port}`, close: async () => broker.stop() };
     },
   ],
 ];
