@@ -8,8 +8,9 @@ NODE_BIN := node_modules/.bin
 # (Mesa) lets the WebGPU provider be asked for an adapter, which it must refuse with a reason; gcc
 # builds the stand-in Edge TPU delegate; libxrt1 is Xilinx's runtime, loaded for real (no card);
 # Mosquitto is the broker the MQTT sink publishes to; ffmpeg decodes video and audio sources;
-# gpsd (gpsfake) replays a real NMEA log to the GNSS source; can-utils for SocketCAN.
-APT_PACKAGES := ffmpeg python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1 mosquitto mosquitto-clients gpsd gpsd-clients can-utils protobuf-compiler age
+# gpsd (gpsfake) replays a real NMEA log to the GNSS source; can-utils for SocketCAN; PostgreSQL is
+# the shared store of controller replicas; swtpm and tpm2-tools are the TPM the attestation tests use.
+APT_PACKAGES := ffmpeg python3-numpy libvulkan1 mesa-vulkan-drivers gcc libc6-dev libxrt1 mosquitto mosquitto-clients gpsd gpsd-clients can-utils protobuf-compiler age postgresql swtpm swtpm-tools tpm2-tools
 
 .PHONY: all setup apt build run test bench lint clean
 

@@ -43,7 +43,7 @@ const dir = path.join(tmp, 'robot-1');
 mkdirSync(dir, { recursive: true });
 await TrustStore.init(path.join(dir, 'trust'), root);
 writeFileSync(path.join(dir, 'fleet-ca.pem'), controller.ca.certificatePem);
-writeFileSync(path.join(dir, 'token'), controller.enrolment.issueToken({ validForMs: 86_400_000, deviceId: 'robot-1' }).token);
+writeFileSync(path.join(dir, 'token'), (await controller.enrolment.issueToken({ validForMs: 86_400_000, deviceId: 'robot-1' })).token);
 writeFileSync(path.join(dir, 'agent.yaml'), `fleet: bench\ndevice: robot-1\nbroker: ${controller.urls.broker}\ncontroller: ${controller.urls.enrol}\nca: fleet-ca.pem\ntoken: token\nstate: state\ntrust: trust\nmodels: models\ntelemetry: { interval: 1s, spool: 1MiB }\nota: { window: 4 }\n`);
 const env = { ...process.env, AGENT_MODULE: path.join(dist, 'deploy/agent/agent.js'), CONFIG_MODULE: path.join(dist, 'deploy/agent/config.js'), AGENT_CONFIG: path.join(dir, 'agent.yaml'), AGENT_SYSROOT: path.join(repo, 'test/fixtures/sysroots/x86-server') };
 const child = (): ReturnType<typeof spawn> => spawn(process.execPath, [path.join(repo, 'test/fixtures/fleet/agent-child.mjs')], { env, stdio: 'ignore' });
@@ -73,7 +73,7 @@ let violations = 0;
 let runs = 0;
 let downloads = 0;
 const first = child();
-while (controller.registry.get('robot-1')?.state !== 'online') await new Promise((r) => setTimeout(r, 100));
+while ((await controller.registry.get('robot-1'))?.state !== 'online') await new Promise((r) => setTimeout(r, 100));
 first.kill('SIGKILL');
 await once(first, 'exit');
 await nextDeployment();
@@ -95,7 +95,7 @@ while (kills < KILLS) {
       process.stderr.write(`kill ${kills}: the active model does not check: ${String(error)}\n`);
     }
   }
-  const phase = controller.deployments.targets(deploymentId)[0]?.phase;
+  const phase = (await controller.deployments.targets(deploymentId))[0]?.phase;
   if (phase === 'COMMITTED' || phase === 'ROLLED_BACK' || phase === 'FAILED') {
     if (phase === 'COMMITTED') commits++;
     await nextDeployment();

@@ -117,13 +117,13 @@ async function main(): Promise<void> {
     const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     enrolTime.keysMs += performance.now() - t;
     t = performance.now();
-    const token = ctl.enrolment.issueToken({ validForMs: 3_600_000, deviceId: id });
+    const token = (await ctl.enrolment.issueToken({ validForMs: 3_600_000, deviceId: id }));
     enrolTime.tokensMs += performance.now() - t;
     t = performance.now();
     const csr = createCsr({ privateKey, commonName: id, challengePassword: token.token });
     enrolTime.csrMs += performance.now() - t;
     t = performance.now();
-    const enrolled = ctl.enrolment.enrol(csr);
+    const enrolled = (await ctl.enrolment.enrol(csr));
     enrolTime.enrolMs += performance.now() - t;
     identities.push({ id, cert: enrolled.certificatePem, key: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() });
     // Keep the controller's MQTT keep-alive and the broker's socket served.
@@ -148,7 +148,7 @@ async function main(): Promise<void> {
   const connack = connected.flatMap((c) => c.connackMs);
   const announced = connected.flatMap((c) => c.announcedMs);
   const onlineAt = await waitForProgress(() => Math.min(ctl.registry.counts.statuses, ctl.registry.counts.births), connectedCount);
-  const online = ctl.registry.list().filter((d) => d.state === 'online').length;
+  const online = (await ctl.registry.list()).filter((d) => d.state === 'online').length;
   const visibleMs = performance.now() - connectStart;
   say(`connected ${connectedCount}/${DEVICES} in ${ms(connectWallMs)} (connack p50 ${ms(pct(connack, 50))}, p99 ${ms(pct(connack, 99))}; birth+status acked p99 ${ms(pct(announced, 99))}; TLS ${connected[0]?.tlsProtocol}); ${online} online in the registry after ${ms(visibleMs)}${onlineAt ? '' : ' (gave up: no birth or status arrived for 15 s)'}`);
   for (const c of connected) for (const f of c.failures.slice(0, 3)) say(`  connect failure: ${f}`);
@@ -169,7 +169,7 @@ async function main(): Promise<void> {
     profile = summarise(p);
     session.disconnect();
   }
-  const lag = sequenceLag(controllerWindow.lastSequence, new Map(ctl.registry.list().map((d) => [d.deviceId, d.telemetrySequence ?? 0])));
+  const lag = sequenceLag(controllerWindow.lastSequence, new Map((await ctl.registry.list()).map((d) => [d.deviceId, d.telemetrySequence ?? 0])));
   const registryDropped = ctl.registry.counts.dropped - droppedBefore;
   say(line(controllerWindow));
   say(`  per-device lag after the drain: ${lag.behind} devices behind, ${lag.missing} records never seen, max ${lag.max}; registry drops ${registryDropped}`);
@@ -433,7 +433,7 @@ async function commandRound(ctl: Controller, ids: readonly string[], name: strin
   if (telemetry) for (const c of children) c.send({ kind: 'telemetry', on: false });
   const tally = new Map<string, number>();
   for (const r of records) {
-    const status = ctl.commands.get(r.deviceId, r.sequence)?.status ?? 'missing';
+    const status = (await ctl.commands.get(r.deviceId, r.sequence))?.status ?? 'missing';
     if (status !== 'done') tally.set(status, (tally.get(status) ?? 0) + 1);
   }
   const times = [...doneAt.values()].map((t) => t - started);

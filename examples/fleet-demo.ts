@@ -62,7 +62,7 @@ try {
     mkdirSync(dir, { recursive: true });
     await TrustStore.init(path.join(dir, 'trust'), root);
     writeFileSync(path.join(dir, 'fleet-ca.pem'), controller.ca.certificatePem);
-    writeFileSync(path.join(dir, 'token'), controller.enrolment.issueToken({ validForMs: 3_600_000, deviceId: d.id, labels: d.labels }).token, { mode: 0o600 });
+    writeFileSync(path.join(dir, 'token'), (await controller.enrolment.issueToken({ validForMs: 3_600_000, deviceId: d.id, labels: d.labels })).token, { mode: 0o600 });
     const key = X25519Identity.generate();
     deviceKeys.push(key);
     writeFileSync(path.join(dir, 'device.age.key'), `${key.encode()}\n`, { mode: 0o600 });
@@ -90,9 +90,9 @@ try {
     );
     agents.push(await Agent.start(config, { sysroot: path.join(repo, 'test/fixtures/sysroots', d.sysroot) }));
   }
-  await until(() => controller.registry.list().filter((d) => d.state === 'online' && d.telemetrySequence !== undefined).length === DEVICES.length, 30_000);
+  await until(async () => (await controller.registry.list()).filter((d) => d.state === 'online' && d.telemetrySequence !== undefined).length === DEVICES.length, 30_000);
   say('\nthe fleet, enrolled and online (pipelines wait for their model):');
-  say(fleetTable(controller.registry.list()));
+  say(fleetTable((await controller.registry.list())));
 
   // A release: BlazeFace, signed by the release key, encrypted to the three devices.
   const bundleFile = path.join(work, 'face-1.0.0.bundle');
@@ -112,17 +112,17 @@ try {
   say(`\nrollout ${rollout.id}: face 1.0.0 (${deployment.bundleSize} bytes, encrypted to ${deviceKeys.length} devices), canary ${rollout.stages[0]?.devices.join(', ')} first`);
   let last = '';
   for (;;) {
-    const r = controller.rollouts.status(rollout.id);
+    const r = (await controller.rollouts.status(rollout.id));
     const line = progressLine(r);
     if (line !== last) say(line);
     last = line;
     if (r.state !== 'running') break;
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
-  await until(() => controller.registry.list().every((d) => d.models[0]?.active === '1.0.0' && d.pipelines[0]?.state === 'RUNNING'), 15_000).catch(() => undefined);
+  await until(async () => (await controller.registry.list()).every((d) => d.models[0]?.active === '1.0.0' && d.pipelines[0]?.state === 'RUNNING'), 15_000).catch(() => undefined);
   await new Promise((resolve) => setTimeout(resolve, 2500)); // a telemetry record or two from the running pipelines
   say('\nthe fleet after the rollout:');
-  say(fleetTable(controller.registry.list()));
+  say(fleetTable((await controller.registry.list())));
 } finally {
   for (const a of agents) await a.stop();
   await controller.stop();
@@ -151,9 +151,9 @@ function fleetTable(devices: readonly DeviceSummary[]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
 }
 
-async function until(condition: () => boolean, timeoutMs: number): Promise<void> {
+async function until(condition: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
   const end = Date.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > end) throw new Error(`the demo waited ${timeoutMs} ms for ${condition.toString()}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }

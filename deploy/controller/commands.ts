@@ -5,7 +5,7 @@ import { signCommand, type CommandAction, type CommandSpec } from '../fleet/comm
 import { FleetError } from '../fleet/errors.js';
 import { deviceTopic } from '../fleet/topics.js';
 import { wholeNumber } from '../fleet/wire.js';
-import type { Database } from './database.js';
+import type { ControllerStore } from './store.js';
 
 /**
  * Commands from the controller to devices: each gets the device's next sequence number (one
@@ -43,11 +43,11 @@ export interface CommandQueueOptions {
 }
 
 export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
-  readonly #db: Database;
+  readonly #db: ControllerStore;
   readonly #options: CommandQueueOptions;
   readonly #now: () => number;
 
-  constructor(db: Database, options: CommandQueueOptions) {
+  constructor(db: ControllerStore, options: CommandQueueOptions) {
     super();
     this.#db = db;
     this.#options = options;
@@ -58,70 +58,86 @@ export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
   async send(deviceId: string, body: CommandBody, options: { readonly ttlMs?: number } = {}): Promise<CommandRecord> {
     const now = this.#now();
     const expires = now + (options.ttlMs ?? this.#options.ttlMs ?? 3_600_000);
-    const { sequence, payload } = this.#db.transaction(() => {
-      const row = this.#db.prepare('SELECT last_sequence FROM devices WHERE device_id = ?').get(deviceId) as { last_sequence: number } | undefined;
+    // The row lock of this UPDATE is what keeps two controller replicas from issuing one number twice.
+    const { sequence, payload } = await this.#db.transaction(async (tx) => {
+      const row = await tx.get<{ last_sequence: number }>('UPDATE devices SET last_sequence = last_sequence + 1 WHERE device_id = ? RETURNING last_sequence', deviceId);
       if (row === undefined) throw new FleetError('EAI_FLEET_DEVICE_UNKNOWN', `device '${deviceId}' is not enrolled in fleet ${this.#options.fleet}; list devices with \`aios fleet devices\`.`, { details: { deviceId } });
-      const seq = row.last_sequence + 1;
+      const seq = row.last_sequence;
       const bytes = signCommand({ ...body, fleet: this.#options.fleet, deviceId, sequence: seq, issuedUnixMs: now, expiresUnixMs: expires }, this.#options.keys);
       const name = aios.fleet.v1.Command.decode(aios.fleet.v1.SignedCommand.decode(bytes).payload).action as CommandAction;
-      this.#db.prepare('UPDATE devices SET last_sequence = ? WHERE device_id = ?').run(seq, deviceId);
-      this.#db.prepare("INSERT INTO commands (device_id, sequence, action, payload, created_ms, expires_ms, status, updated_ms) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)").run(deviceId, seq, name, Buffer.from(bytes), now, expires, now);
+      await tx.run("INSERT INTO commands (device_id, sequence, action, payload, created_ms, expires_ms, status, updated_ms) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)", deviceId, seq, name, Buffer.from(bytes), now, expires, now);
       return { sequence: seq, payload: bytes };
-    })();
+    });
     await this.#options.publish(deviceTopic(this.#options.fleet, deviceId, 'commands'), payload);
-    const record = this.get(deviceId, sequence) as CommandRecord;
+    const record = (await this.get(deviceId, sequence)) as CommandRecord;
     this.emit('update', record);
     return record;
   }
 
   /** A device's ack for one of its commands. */
-  acknowledge(deviceId: string, ack: aios.fleet.v1.CommandAck): void {
+  async acknowledge(deviceId: string, ack: aios.fleet.v1.CommandAck): Promise<void> {
     const R = aios.fleet.v1.CommandAck.Result;
     const status: CommandStatus | undefined = ack.result === R.ACCEPTED ? 'accepted' : ack.result === R.DONE ? 'done' : ack.result === R.REJECTED ? 'rejected' : ack.result === R.FAILED ? 'failed' : undefined;
     const sequence = wholeNumber(ack.sequence);
     if (status === undefined || sequence === 0) return;
     // An ACCEPTED arriving after the DONE (replayed by the device's spool) must not move it back.
-    const changed = this.#db
-      .prepare("UPDATE commands SET status = ?, code = ?, message = ?, updated_ms = ? WHERE device_id = ? AND sequence = ? AND NOT (? = 'accepted' AND status IN ('done', 'failed', 'rejected'))")
-      .run(status, ack.code || null, ack.message.slice(0, 4000) || null, this.#now(), deviceId, sequence, status).changes;
-    if (changed === 1) this.emit('update', this.get(deviceId, sequence) as CommandRecord);
+    const changed = await this.#db.run(
+      "UPDATE commands SET status = ?, code = ?, message = ?, updated_ms = ? WHERE device_id = ? AND sequence = ? AND NOT (? = 'accepted' AND status IN ('done', 'failed', 'rejected'))",
+      status,
+      ack.code || null,
+      ack.message.slice(0, 4000) || null,
+      this.#now(),
+      deviceId,
+      sequence,
+      status,
+    );
+    if (changed === 1) this.emit('update', (await this.get(deviceId, sequence)) as CommandRecord);
   }
 
   /** On a device's birth: its reported sequence, and what it has not acknowledged re-sent in order. */
   async resend(deviceId: string, lastAccepted: number): Promise<number> {
     const now = this.#now();
-    const pending = this.#db.prepare("SELECT sequence, payload FROM commands WHERE device_id = ? AND status = 'sent' AND sequence > ? AND expires_ms > ? ORDER BY sequence").all(deviceId, lastAccepted, now) as { sequence: number; payload: Uint8Array }[];
+    const pending = await this.#db.all<{ sequence: number; payload: Uint8Array }>("SELECT sequence, payload FROM commands WHERE device_id = ? AND status = 'sent' AND sequence > ? AND expires_ms > ? ORDER BY sequence", deviceId, lastAccepted, now);
     for (const p of pending) await this.#options.publish(deviceTopic(this.#options.fleet, deviceId, 'commands'), p.payload);
     return pending.length;
   }
 
-  get(deviceId: string, sequence: number): CommandRecord | undefined {
-    const row = this.#db.prepare('SELECT * FROM commands WHERE device_id = ? AND sequence = ?').get(deviceId, sequence) as CommandRow | undefined;
+  async get(deviceId: string, sequence: number): Promise<CommandRecord | undefined> {
+    const row = await this.#db.get<CommandRow>('SELECT * FROM commands WHERE device_id = ? AND sequence = ?', deviceId, sequence);
     return row === undefined ? undefined : record(row);
   }
 
-  list(deviceId?: string, limit = 100): readonly CommandRecord[] {
-    const rows = (deviceId === undefined ? this.#db.prepare('SELECT * FROM commands ORDER BY created_ms DESC LIMIT ?').all(limit) : this.#db.prepare('SELECT * FROM commands WHERE device_id = ? ORDER BY sequence DESC LIMIT ?').all(deviceId, limit)) as CommandRow[];
+  async list(deviceId?: string, limit = 100): Promise<readonly CommandRecord[]> {
+    const rows = deviceId === undefined ? await this.#db.all<CommandRow>('SELECT * FROM commands ORDER BY created_ms DESC LIMIT ?', limit) : await this.#db.all<CommandRow>('SELECT * FROM commands WHERE device_id = ? ORDER BY sequence DESC LIMIT ?', deviceId, limit);
     return rows.map(record);
   }
 
   /** Resolves when the command reaches one of `statuses`, or rejects after `timeoutMs`. */
   async until(deviceId: string, sequence: number, statuses: readonly CommandStatus[], timeoutMs: number): Promise<CommandRecord> {
-    const current = this.get(deviceId, sequence);
-    if (current !== undefined && statuses.includes(current.status)) return current;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.off('update', listener);
-        reject(new FleetError('EAI_FLEET_COMMAND_TIMEOUT', `command ${sequence} to ${deviceId} did not reach ${statuses.join(' or ')} within ${timeoutMs} ms (it is ${this.get(deviceId, sequence)?.status ?? 'unknown'}); the device may be offline, and gets it when it reconnects unless it expires first.`, { details: { deviceId, sequence } }));
-      }, timeoutMs);
-      const listener = (r: CommandRecord): void => {
-        if (r.deviceId !== deviceId || r.sequence !== sequence || !statuses.includes(r.status)) return;
-        clearTimeout(timer);
-        this.off('update', listener);
-        resolve(r);
-      };
-      this.on('update', listener);
-    });
+    const deadline = Date.now() + timeoutMs;
+    let woken: (() => void) | undefined;
+    const listener = (r: CommandRecord): void => {
+      if (r.deviceId === deviceId && r.sequence === sequence) woken?.();
+    };
+    this.on('update', listener);
+    try {
+      for (;;) {
+        const current = await this.get(deviceId, sequence);
+        if (current !== undefined && statuses.includes(current.status)) return current;
+        const left = deadline - Date.now();
+        if (left <= 0) throw new FleetError('EAI_FLEET_COMMAND_TIMEOUT', `command ${sequence} to ${deviceId} did not reach ${statuses.join(' or ')} within ${timeoutMs} ms (it is ${current?.status ?? 'unknown'}); the device may be offline, and gets it when it reconnects unless it expires first.`, { details: { deviceId, sequence } });
+        // Woken by this controller's acks; the poll finds those another replica recorded.
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.min(left, 500));
+          woken = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+    } finally {
+      this.off('update', listener);
+    }
   }
 }
 

@@ -13,13 +13,14 @@ import { DEFAULT_CONTROLLER } from '../fleet/broker-acl.js';
 import { FleetError } from '../fleet/errors.js';
 import { FleetBroker, listen } from '../fleet/broker.js';
 import { createCertificateAuthority, issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
-import { everyDevice, topicLevel } from '../fleet/topics.js';
+import { everyDevice, sharedFilter, topicLevel } from '../fleet/topics.js';
 import { wholeNumber } from '../fleet/wire.js';
 import { CommandQueue } from './commands.js';
 import { Deployments } from './deployments.js';
 import { Rollouts } from './rollouts.js';
 import { BundleServer } from './ota-server.js';
-import { openControllerDatabase, type Database } from './database.js';
+import { openControllerStore } from './database.js';
+import { ROLLOUT_LEAD, type ControllerStore } from './store.js';
 import { DeviceRegistry } from './devices.js';
 import { Enrolment } from './enrolment.js';
 import { enrolmentHandler, operatorHandler } from './http-api.js';
@@ -33,7 +34,14 @@ import { enrolmentHandler, operatorHandler } from './http-api.js';
  *
  * State folder: `ca.pem` and `ca.key` (0600: whoever holds it can admit devices), `server.pem`
  * / `server.key` (broker and enrolment TLS), `controller.pem` / `controller.key` (its MQTT
- * identity), `controller.db`.
+ * identity; `<name>.pem` / `<name>.key` for a replica named otherwise), `controller.db` (unless
+ * the store is PostgreSQL), `bundles/`.
+ *
+ * Replicas: several controllers of one fleet share a PostgreSQL store and an external broker.
+ * Each has its own MQTT name (`aios-controller-2`, …, listed in the broker's ACL) and joins the
+ * shared-subscription group `aios-controllers`, so every device message is handled by one of
+ * them; one at a time (a database lock) drives rollouts, and another takes over within a tick
+ * when it goes. See docs/fleet.md, "Controller replicas".
  */
 export interface ControllerOptions {
   readonly fleet: string;
@@ -55,10 +63,22 @@ export interface ControllerOptions {
   readonly apiPort?: number;
   /** Certificate names the embedded broker treats as controllers (replicas, operator tools). Default ['aios-controller']. */
   readonly controllers?: readonly string[];
+  /** This controller's MQTT name (its certificate's): `aios-controller` or another `aios-controller…` for a replica. */
+  readonly name?: string;
+  /** Where the fleet is kept: a PostgreSQL URL (shared by replicas); default `controller.db` in `state`. */
+  readonly store?: string;
+  /**
+   * Join the `aios-controllers` shared-subscription group. Default: when the store is shared
+   * (PostgreSQL) and the broker external; the embedded broker (aedes) offers no `$share`.
+   */
+  readonly sharedSubscriptions?: boolean;
   /** Structured log lines (the daemon prints them as JSON). */
   readonly log?: (line: Record<string, unknown>) => void;
   readonly now?: () => number;
 }
+
+/** The shared-subscription group controller replicas join. */
+export const SHARE_GROUP = 'aios-controllers';
 
 export class Controller {
   readonly fleet: string;
@@ -68,7 +88,7 @@ export class Controller {
   readonly deployments: Deployments;
   readonly rollouts: Rollouts;
   readonly ca: CertificateAuthority;
-  readonly #db: Database;
+  readonly #db: ControllerStore;
   readonly #client: MqttClient;
   readonly #broker: FleetBroker | undefined;
   readonly #bundles: BundleServer;
@@ -76,7 +96,7 @@ export class Controller {
   readonly #servers: (http.Server | https.Server)[];
   readonly urls: { readonly broker: string; readonly enrol: string; readonly api: string };
 
-  private constructor(parts: { fleet: string; db: Database; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; deployments: Deployments; rollouts: Rollouts; bundles: BundleServer; ticker: NodeJS.Timeout; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
+  private constructor(parts: { fleet: string; db: ControllerStore; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; deployments: Deployments; rollouts: Rollouts; bundles: BundleServer; ticker: NodeJS.Timeout; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
     this.fleet = parts.fleet;
     this.#db = parts.db;
     this.ca = parts.ca;
@@ -96,9 +116,11 @@ export class Controller {
   static async start(options: ControllerOptions): Promise<Controller> {
     const fleet = topicLevel('fleet', options.fleet);
     const log = options.log ?? (() => undefined);
-    const { ca, server, identity } = await prepareControllerState(options.state, fleet, options.hostnames);
-    const db = await openControllerDatabase(path.join(options.state, 'controller.db'));
+    const name = controllerName(options.name ?? DEFAULT_CONTROLLER);
+    const { ca, server, identity } = await prepareControllerState(options.state, fleet, options.hostnames, name);
+    const db = await openControllerStore(options.state, options.store);
     const now = options.now ?? Date.now;
+    const share = (options.sharedSubscriptions ?? (db.shared && options.broker !== undefined)) ? SHARE_GROUP : undefined;
     const broker =
       options.broker === undefined
         ? await FleetBroker.start({ fleet, controllers: options.controllers ?? [DEFAULT_CONTROLLER], tls: { cert: server.cert, key: server.key, ca: ca.certificatePem }, host: options.brokerHost ?? '0.0.0.0', port: options.brokerPort ?? 8883, onRefusal: (r) => log({ msg: 'broker refused', ...r }) })
@@ -106,11 +128,11 @@ export class Controller {
     const brokerUrl = options.broker ?? (broker as FleetBroker).url.replace('mqtts://0.0.0.0:', 'mqtts://127.0.0.1:');
     let client: MqttClient;
     try {
-      client = await mqtt.connectAsync(brokerUrl, { clientId: DEFAULT_CONTROLLER, protocolVersion: 4, clean: false, reconnectPeriod: 1000, connectTimeout: 15_000, ca: ca.certificatePem, cert: identity.cert, key: identity.key });
+      client = await mqtt.connectAsync(brokerUrl, { clientId: name, protocolVersion: 4, clean: false, reconnectPeriod: 1000, connectTimeout: 15_000, ca: ca.certificatePem, cert: identity.cert, key: identity.key });
     } catch (cause) {
       await broker?.close();
-      db.close();
-      throw new FleetError('EAI_FLEET_BROKER', `the controller cannot connect to the broker at ${brokerUrl} (${cause instanceof Error ? cause.message : String(cause)}). With an external broker, check that it trusts ${path.join(options.state, 'ca.pem')} and serves a certificate from it for that host name, and that its ACL lists ${DEFAULT_CONTROLLER}.`, { cause, details: { broker: brokerUrl } });
+      await db.close();
+      throw new FleetError('EAI_FLEET_BROKER', `the controller cannot connect to the broker at ${brokerUrl} (${cause instanceof Error ? cause.message : String(cause)}). With an external broker, check that it trusts ${path.join(options.state, 'ca.pem')} and serves a certificate from it for that host name, and that its ACL lists ${name}.`, { cause, details: { broker: brokerUrl } });
     }
     noDelay(client);
     client.on('connect', () => noDelay(client));
@@ -122,24 +144,27 @@ export class Controller {
       publish: async (topic, payload) => void (await client.publishAsync(topic, Buffer.from(payload), { qos: 1 })),
     });
     registry.onAck((device, ack) => commands.acknowledge(device, ack));
+    // A QoS 1 message is acknowledged to the broker once the registry has room for it: when the
+    // database falls behind (or is away), the broker's queue holds the rest, not this heap.
+    client.handleMessage = (_packet, done) => void registry.admitted().then(() => done());
     registry.onBirth((device, birth) => {
       commands.resend(device, wholeNumber(birth.lastCommandSequence)).catch((error: unknown) => log({ msg: 'resend failed', device, error: String(error) }));
     });
     const deployments = new Deployments(db, { state: options.state, commands, now });
-    registry.onEvent((device, event) => {
-      if (event.deployment != null) deployments.progress(device, event.deployment);
+    registry.onEvent(async (device, event) => {
+      if (event.deployment != null) await deployments.progress(device, event.deployment);
     });
-    const rollouts = new Rollouts(db, { deployments, registry, commands, now });
+    const rollouts = new Rollouts(db, { deployments, registry, commands, now, leads: () => db.lead(ROLLOUT_LEAD) });
     // A restarted controller picks up running rollouts; a periodic tick also catches progress that
     // arrived while no event came (a device that commits while the controller restarts).
     const ticker = setInterval(() => void rollouts.tick(), 2000);
     ticker.unref();
-    const bundles = await BundleServer.start({ client, fleet, bundles: (query) => deployments.bundleFor(query) });
+    const bundles = await BundleServer.start({ client, fleet, bundles: (query) => deployments.bundleFor(query), ...(share === undefined ? {} : { share }) });
     client.on('message', (topic, payload) => {
       // The bundle server handles ota/request itself.
       if (!topic.endsWith('/ota/request')) registry.ingest(topic, payload);
     });
-    for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks'] as const) await client.subscribeAsync(everyDevice(fleet, channel), { qos: 1 });
+    for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks'] as const) await client.subscribeAsync(sharedFilter(share, everyDevice(fleet, channel)), { qos: 1 });
     const enrolment = new Enrolment(db, { fleet, ca, now });
     const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2' }, enrolmentHandler(enrolment, log));
     const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment, deployments, rollouts }, log));
@@ -150,7 +175,7 @@ export class Controller {
       enrolServer.close();
       await client.endAsync();
       await broker?.close();
-      db.close();
+      await db.close();
       throw error;
     }
     const at = (s: http.Server | https.Server, scheme: string): string => {
@@ -158,7 +183,7 @@ export class Controller {
       return `${scheme}://${a.address === '0.0.0.0' ? '127.0.0.1' : a.address}:${a.port}`;
     };
     const urls = { broker: brokerUrl, enrol: at(enrolServer, 'https'), api: at(apiServer, 'http') };
-    log({ msg: 'controller started', fleet, ...urls });
+    log({ msg: 'controller started', fleet, name, store: db.location, sharedSubscriptions: share !== undefined, ...urls });
     void rollouts.tick();
     return new Controller({ fleet, db, ca, registry, commands, enrolment, deployments, rollouts, bundles, ticker, client, broker, servers: [enrolServer, apiServer], urls });
   }
@@ -173,13 +198,13 @@ export class Controller {
     await this.rollouts.tick();
     await this.#bundles.close();
     await this.#client.endAsync();
-    this.registry.close();
+    await this.registry.close();
     for (const s of this.#servers) {
       s.closeAllConnections();
       await new Promise<void>((resolve) => s.close(() => resolve()));
     }
     await this.#broker?.close();
-    this.#db.close();
+    await this.#db.close();
   }
 }
 
@@ -187,14 +212,14 @@ export class Controller {
  * Makes (or keeps) the controller's state folder: the fleet CA and the controller's certificates.
  * What `aios controller init` does, and `start` does first.
  */
-export async function prepareControllerState(state: string, fleet: string, hostnames?: readonly string[]): Promise<{ readonly ca: CertificateAuthority; readonly server: { cert: string; key: string }; readonly identity: { cert: string; key: string }; readonly hostnames: readonly string[] }> {
+export async function prepareControllerState(state: string, fleet: string, hostnames?: readonly string[], name: string = DEFAULT_CONTROLLER): Promise<{ readonly ca: CertificateAuthority; readonly server: { cert: string; key: string }; readonly identity: { cert: string; key: string }; readonly hostnames: readonly string[] }> {
   topicLevel('fleet', fleet);
   await mkdir(state, { recursive: true, mode: 0o700 });
   const ca = await loadOrCreateCa(state, fleet);
   // The controller dials its own broker on loopback, so loopback names are always in.
   const names = [...new Set(['localhost', '127.0.0.1', ...(hostnames ?? [os.hostname()]).filter((h) => /^[A-Za-z0-9.:-]+$/u.test(h))])];
   const server = await loadOrIssue(state, 'server', ca, { commonName: `aios ${fleet} controller`, usage: 'server', names });
-  const identity = await loadOrIssue(state, 'controller', ca, { commonName: DEFAULT_CONTROLLER, usage: 'client', names: [] });
+  const identity = await loadOrIssue(state, name === DEFAULT_CONTROLLER ? 'controller' : controllerName(name), ca, { commonName: name, usage: 'client', names: [] });
   return { ca, server, identity, hostnames: names };
 }
 
@@ -229,4 +254,12 @@ async function loadOrIssue(state: string, name: string, ca: CertificateAuthority
   await writeFileAtomic(keyFile, keyPem, { mode: 0o600 });
   await writeFileAtomic(certFile, issued, { mode: 0o644 });
   return { cert: issued, key: keyPem };
+}
+
+/** A controller's MQTT name: `aios-controller` or `aios-controller-<something>` (the broker ACLs and the reserved names expect that prefix). */
+export function controllerName(name: string): string {
+  if (!/^aios-controller(-[A-Za-z0-9_.-]{1,48})?$/u.test(name)) {
+    throw new FleetError('EAI_FLEET_CONTROLLER_NAME', `'${name.slice(0, 80)}' cannot name a controller: use aios-controller, or aios-controller-<letters, digits, '-', '_', '.'> for a replica (e.g. aios-controller-2), and list it in the broker's ACL.`, { details: { name: name.slice(0, 80) } });
+  }
+  return name;
 }

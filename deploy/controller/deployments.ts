@@ -1,12 +1,12 @@
-import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, rename } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { access, copyFile, mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { inspectBundle } from '../../models/bundle/bundle.js';
 import { fileSource } from '../../models/bundle/tar.js';
 import { aios } from '../proto/gen/aios.js';
 import { FleetError } from '../fleet/errors.js';
 import type { CommandQueue } from './commands.js';
-import type { Database } from './database.js';
+import type { ControllerStore } from './store.js';
 import { chunkDigests, type BundleFile, type BundleQuery } from './ota-server.js';
 
 /**
@@ -51,15 +51,19 @@ export interface TargetStatus {
 /** 256 KiB chunks: small enough to interleave with telemetry, few enough that the Deploy command stays small (a 1 GB bundle: 4,000 digests, 128 KB). */
 export const DEFAULT_CHUNK_SIZE = 256 * 1024;
 export const DEFAULT_HEALTH: HealthPolicy = { windowS: 30, maxErrorRate: 0.01, maxLatencyP99Ms: 0 };
+/** Rows a bundle is kept in by a shared store: 1 MiB, whatever the chunk size devices fetch. */
+const STORE_PIECE = 1024 * 1024;
 
 export class Deployments {
-  readonly #db: Database;
+  readonly #db: ControllerStore;
   readonly #state: string;
+  /** Bundles being copied out of a shared store, by digest: one copy however many devices ask. */
+  readonly #fetching = new Map<string, Promise<void>>();
   readonly #commands: CommandQueue;
   readonly #now: () => number;
   readonly #listeners: ((deploymentId: string, target: TargetStatus) => void)[] = [];
 
-  constructor(db: Database, options: { readonly state: string; readonly commands: CommandQueue; readonly now?: () => number }) {
+  constructor(db: ControllerStore, options: { readonly state: string; readonly commands: CommandQueue; readonly now?: () => number }) {
     this.#db = db;
     this.#state = options.state;
     this.#commands = options.commands;
@@ -83,81 +87,156 @@ export class Deployments {
     const digests = await chunkDigests(bundle, chunkSize);
     const dir = path.join(this.#state, 'bundles');
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    const stored = path.join(dir, `${digests.sha256}.bundle`);
+    const stored = this.#bundlePath(digests.sha256);
     const temp = `${stored}.tmp-${process.pid}`;
     await copyFile(bundle, temp);
     await rename(temp, stored);
+    if (this.#db.shared) await this.#keepInStore(stored, digests.sha256);
     const health = { ...DEFAULT_HEALTH, ...options.health };
     const id = options.id ?? `${predicate.name}-${predicate.version}-${randomBytes(3).toString('hex')}`;
     const created = this.#now();
-    this.#db
-      .prepare('INSERT INTO deployments (id, model, version, bundle_path, bundle_sha256, bundle_size, chunk_size, chunk_sha256, health, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
-      .run(id, predicate.name, predicate.version, stored, digests.sha256, digests.size, chunkSize, Buffer.concat(digests.chunkSha256.map((d) => Buffer.from(d))), JSON.stringify(health), created);
+    await this.#db.run(
+      'INSERT INTO deployments (id, model, version, bundle_path, bundle_sha256, bundle_size, chunk_size, chunk_sha256, health, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      id,
+      predicate.name,
+      predicate.version,
+      stored,
+      digests.sha256,
+      digests.size,
+      chunkSize,
+      Buffer.concat(digests.chunkSha256.map((d) => Buffer.from(d))),
+      JSON.stringify(health),
+      created,
+    );
     return { id, model: predicate.name, version: predicate.version, bundleSha256: digests.sha256, bundleSize: digests.size, chunkSize, health, createdUnixMs: created };
   }
 
   /** Sends the Deploy command to each device not yet targeted; returns their rows. */
   async target(deploymentId: string, devices: readonly string[], options: { readonly pipelines?: readonly string[]; readonly ttlMs?: number } = {}): Promise<readonly TargetStatus[]> {
-    const d = this.#row(deploymentId);
+    const d = await this.#row(deploymentId);
     const digests = Buffer.from(d.chunk_sha256);
     const chunkSha256: Buffer[] = [];
     for (let at = 0; at < digests.length; at += 32) chunkSha256.push(digests.subarray(at, at + 32));
     const health = JSON.parse(d.health) as HealthPolicy;
     for (const device of devices) {
-      if (this.#db.prepare('SELECT 1 FROM deployment_targets WHERE deployment_id = ? AND device_id = ?').get(deploymentId, device) !== undefined) continue;
+      if ((await this.#db.get('SELECT 1 AS one FROM deployment_targets WHERE deployment_id = ? AND device_id = ?', deploymentId, device)) !== undefined) continue;
       const command = await this.#commands.send(
         device,
         { deploy: { deploymentId, model: d.model, version: d.version, bundleSize: d.bundle_size, bundleSha256: d.bundle_sha256, chunkSize: d.chunk_size, chunkSha256, pipelines: [...(options.pipelines ?? [])], health: { windowS: health.windowS, maxErrorRate: health.maxErrorRate, maxLatencyP99Ms: health.maxLatencyP99Ms } } },
         // A big bundle on a slow link takes a while to start; the command itself only has to arrive.
         { ttlMs: options.ttlMs ?? 24 * 3_600_000 },
       );
-      this.#db.prepare("INSERT INTO deployment_targets (deployment_id, device_id, sequence, phase, updated_ms) VALUES (?, ?, ?, 'sent', ?)").run(deploymentId, device, command.sequence, this.#now());
+      await this.#db.run("INSERT INTO deployment_targets (deployment_id, device_id, sequence, phase, updated_ms) VALUES (?, ?, ?, 'sent', ?) ON CONFLICT DO NOTHING", deploymentId, device, command.sequence, this.#now());
     }
     return this.targets(deploymentId);
   }
 
   /** A device's progress event for one of its deployments. */
-  progress(deviceId: string, p: aios.fleet.v1.IDeploymentProgress): void {
+  async progress(deviceId: string, p: aios.fleet.v1.IDeploymentProgress): Promise<void> {
     const phase = aios.fleet.v1.DeploymentProgress.Phase[p.phase ?? 0] as TargetPhase | 'PHASE_UNSPECIFIED' | undefined;
     if (phase === undefined || phase === 'PHASE_UNSPECIFIED' || !p.deploymentId) return;
     // Phases only move forward; a replayed earlier event (the device's spool sends at least once) changes nothing.
     const order: readonly string[] = ['sent', 'DOWNLOADING', 'VERIFYING', 'INSTALLING', 'ACTIVATING', 'HEALTH_CHECK', 'COMMITTED', 'ROLLED_BACK', 'FAILED'];
-    const row = this.#db.prepare('SELECT phase FROM deployment_targets WHERE deployment_id = ? AND device_id = ?').get(p.deploymentId, deviceId) as { phase: string } | undefined;
+    const row = await this.#db.get<{ phase: string }>('SELECT phase FROM deployment_targets WHERE deployment_id = ? AND device_id = ?', p.deploymentId, deviceId);
     if (row === undefined) return;
     const final = ['COMMITTED', 'ROLLED_BACK', 'FAILED'];
     if (final.includes(row.phase) && !(row.phase === 'COMMITTED' && phase === 'ROLLED_BACK')) return;
     if (!final.includes(phase) && order.indexOf(phase) < order.indexOf(row.phase)) return;
-    this.#db
-      .prepare('UPDATE deployment_targets SET phase = ?, bytes_done = MAX(bytes_done, ?), code = ?, reason = ?, updated_ms = ? WHERE deployment_id = ? AND device_id = ?')
-      .run(phase, Number(p.bytesDone ?? 0), p.code || null, p.reason || null, this.#now(), p.deploymentId, deviceId);
-    const target = this.targets(p.deploymentId).find((t) => t.deviceId === deviceId) as TargetStatus;
+    await this.#db.run('UPDATE deployment_targets SET phase = ?, bytes_done = GREATEST(bytes_done, ?), code = ?, reason = ?, updated_ms = ? WHERE deployment_id = ? AND device_id = ?', phase, Number(p.bytesDone ?? 0), p.code || null, p.reason || null, this.#now(), p.deploymentId, deviceId);
+    const target = (await this.targets(p.deploymentId)).find((t) => t.deviceId === deviceId) as TargetStatus;
     for (const l of this.#listeners) l(p.deploymentId, target);
   }
 
   /** What the bundle server may send: only a deployment's bundle, only to its targets. */
-  bundleFor(query: BundleQuery): BundleFile | undefined {
-    const row = this.#db
-      .prepare('SELECT d.bundle_path AS path, d.chunk_size AS chunkSize FROM deployments d JOIN deployment_targets t ON t.deployment_id = d.id WHERE d.id = ? AND t.device_id = ? AND d.bundle_sha256 = ?')
-      .get(query.deploymentId, query.device, query.bundleSha256) as BundleFile | undefined;
-    return row;
+  async bundleFor(query: BundleQuery): Promise<BundleFile | undefined> {
+    const row = await this.#db.get<{ sha256: string; chunkSize: number }>(
+      'SELECT d.bundle_sha256 AS sha256, d.chunk_size AS "chunkSize" FROM deployments d JOIN deployment_targets t ON t.deployment_id = d.id WHERE d.id = ? AND t.device_id = ? AND d.bundle_sha256 = ?',
+      query.deploymentId,
+      query.device,
+      query.bundleSha256,
+    );
+    if (row === undefined) return undefined;
+    // The bundle lives in this controller's state folder; another replica may have registered it.
+    const file = this.#bundlePath(row.sha256);
+    if (this.#db.shared && !(await access(file).then(() => true, () => false))) await this.#fetchFromStore(row.sha256);
+    return { path: file, chunkSize: row.chunkSize };
   }
 
-  get(deploymentId: string): DeploymentInfo {
-    const d = this.#row(deploymentId);
+  async get(deploymentId: string): Promise<DeploymentInfo> {
+    const d = await this.#row(deploymentId);
     return { id: d.id, model: d.model, version: d.version, bundleSha256: d.bundle_sha256, bundleSize: d.bundle_size, chunkSize: d.chunk_size, health: JSON.parse(d.health) as HealthPolicy, createdUnixMs: d.created_ms };
   }
 
-  list(): readonly DeploymentInfo[] {
-    return (this.#db.prepare('SELECT id FROM deployments ORDER BY created_ms DESC').all() as { id: string }[]).map((r) => this.get(r.id));
+  async list(): Promise<readonly DeploymentInfo[]> {
+    const ids = await this.#db.all<{ id: string }>('SELECT id FROM deployments ORDER BY created_ms DESC');
+    return Promise.all(ids.map((r) => this.get(r.id)));
   }
 
-  targets(deploymentId: string): readonly TargetStatus[] {
-    const rows = this.#db.prepare('SELECT * FROM deployment_targets WHERE deployment_id = ? ORDER BY device_id').all(deploymentId) as { device_id: string; sequence: number; phase: TargetPhase; bytes_done: number; code: string | null; reason: string | null; updated_ms: number }[];
+  async targets(deploymentId: string): Promise<readonly TargetStatus[]> {
+    const rows = await this.#db.all<{ device_id: string; sequence: number; phase: TargetPhase; bytes_done: number; code: string | null; reason: string | null; updated_ms: number }>('SELECT * FROM deployment_targets WHERE deployment_id = ? ORDER BY device_id', deploymentId);
     return rows.map((r) => ({ deviceId: r.device_id, sequence: r.sequence, phase: r.phase, bytesDone: r.bytes_done, ...(r.code === null ? {} : { code: r.code }), ...(r.reason === null ? {} : { reason: r.reason }), updatedUnixMs: r.updated_ms }));
   }
 
-  #row(deploymentId: string): DeploymentRow {
-    const d = this.#db.prepare('SELECT * FROM deployments WHERE id = ?').get(deploymentId) as DeploymentRow | undefined;
+  #bundlePath(sha256: string): string {
+    return path.join(this.#state, 'bundles', `${sha256}.bundle`);
+  }
+
+  /** Copies a bundle into the shared store in STORE_PIECE pieces (once per digest). */
+  async #keepInStore(file: string, sha256: string): Promise<void> {
+    if ((await this.#db.get('SELECT 1 AS one FROM bundle_chunks WHERE bundle_sha256 = ? AND idx = 0', sha256)) !== undefined) return;
+    const handle = await open(file, 'r');
+    try {
+      await this.#db.transaction(async (tx) => {
+        await tx.run('DELETE FROM bundle_chunks WHERE bundle_sha256 = ?', sha256);
+        for (let idx = 0; ; idx++) {
+          const piece = Buffer.allocUnsafe(STORE_PIECE);
+          const { bytesRead } = await handle.read(piece, 0, STORE_PIECE, idx * STORE_PIECE);
+          if (bytesRead === 0 && idx > 0) break;
+          await tx.run('INSERT INTO bundle_chunks (bundle_sha256, idx, data) VALUES (?, ?, ?)', sha256, idx, piece.subarray(0, bytesRead));
+          if (bytesRead < STORE_PIECE) break;
+        }
+      });
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Writes a bundle out of the shared store into the state folder, checked against its digest. */
+  #fetchFromStore(sha256: string): Promise<void> {
+    let fetching = this.#fetching.get(sha256);
+    if (fetching === undefined) {
+      fetching = this.#writeFromStore(sha256).finally(() => this.#fetching.delete(sha256));
+      this.#fetching.set(sha256, fetching);
+    }
+    return fetching;
+  }
+
+  async #writeFromStore(sha256: string): Promise<void> {
+    const file = this.#bundlePath(sha256);
+    await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    const temp = `${file}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
+    const handle = await open(temp, 'w', 0o600);
+    const hash = createHash('sha256');
+    try {
+      for (let idx = 0; ; idx++) {
+        const row = await this.#db.get<{ data: Buffer }>('SELECT data FROM bundle_chunks WHERE bundle_sha256 = ? AND idx = ?', sha256, idx);
+        if (row === undefined) break;
+        hash.update(row.data);
+        await handle.write(row.data);
+      }
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    if (hash.digest('hex') !== sha256) {
+      await rm(temp, { force: true });
+      throw new FleetError('EAI_FLEET_DEPLOY_BUNDLE', `bundle ${sha256} in the controller store is incomplete or damaged; register it again (aios fleet deploy).`, { details: { sha256 } });
+    }
+    await rename(temp, file);
+  }
+
+  async #row(deploymentId: string): Promise<DeploymentRow> {
+    const d = await this.#db.get<DeploymentRow>('SELECT * FROM deployments WHERE id = ?', deploymentId);
     if (d === undefined) throw new FleetError('EAI_FLEET_DEPLOYMENT_UNKNOWN', `there is no deployment '${deploymentId}'; list them with aios fleet rollouts.`, { details: { deploymentId } });
     return d;
   }

@@ -2,7 +2,7 @@ import { aios } from '../proto/gen/aios.js';
 import { FleetError } from '../fleet/errors.js';
 import { parseDeviceTopic, type DeviceChannel } from '../fleet/topics.js';
 import { decodeMessage, wholeNumber } from '../fleet/wire.js';
-import type { Database } from './database.js';
+import type { ControllerStore, Sql } from './store.js';
 
 /**
  * The controller's picture of its devices, kept in its database from what the devices publish:
@@ -43,176 +43,293 @@ export interface IngestCounts {
 
 /** How often received telemetry is written to the database. */
 export const FLUSH_MS = 250;
+/** Messages taken into one transaction. */
+const BATCH = 1000;
+/** Past this many waiting messages, `admitted` holds the broker back (its queue is the buffer then). */
+const HIGH_WATER = 20_000;
 
-export type AckListener = (deviceId: string, ack: aios.fleet.v1.CommandAck) => void;
+export type AckListener = (deviceId: string, ack: aios.fleet.v1.CommandAck) => Promise<void> | void;
+export type EventListener = (deviceId: string, event: aios.fleet.v1.Event) => Promise<void> | void;
+export type BirthListener = (deviceId: string, birth: aios.fleet.v1.DeviceBirth) => void;
+
+interface Received {
+  readonly device: string;
+  readonly channel: DeviceChannel;
+  readonly payload: Uint8Array;
+  readonly at: number;
+}
 
 export class DeviceRegistry {
   readonly counts: IngestCounts = { births: 0, statuses: 0, telemetry: 0, events: 0, acks: 0, dropped: 0 };
-  readonly #db: Database;
+  readonly #db: ControllerStore;
   readonly #fleet: string;
   readonly #now: () => number;
   readonly #ackListeners: AckListener[] = [];
-  readonly #birthListeners: ((deviceId: string, birth: aios.fleet.v1.DeviceBirth) => void)[] = [];
-  readonly #eventListeners: ((deviceId: string, event: aios.fleet.v1.Event) => void)[] = [];
+  readonly #birthListeners: BirthListener[] = [];
+  readonly #eventListeners: EventListener[] = [];
   readonly #onDrop: (why: string) => void;
   /** Devices known to be enrolled: a message from another is dropped without a query each time. */
   readonly #enrolled = new Set<string>();
   /** The highest telemetry sequence seen per device (from the database the first time). */
   readonly #lastSeq = new Map<string, number>();
   /**
+   * Messages waiting for the next transaction: births, statuses, events of many devices are
+   * written together (one fsync per batch, not per message), in the order they arrived.
+   */
+  #queue: Received[] = [];
+  #draining: Promise<void> | undefined;
+  #waiters: (() => void)[] = [];
+  /**
    * Telemetry waiting to be written: only the latest record per device matters, and writing all
    * of them in one transaction every FLUSH_MS (rather than one fsynced transaction per message) is
    * what lets one controller keep up with thousands of devices reporting every second.
    */
   readonly #pending = new Map<string, { payload: Buffer; seq: number; dropped: number; at: number }>();
+  #flushing: Promise<void> = Promise.resolve();
   readonly #flusher: NodeJS.Timeout;
 
-  constructor(db: Database, options: { readonly fleet: string; readonly now?: () => number; readonly onDrop?: (why: string) => void }) {
+  constructor(db: ControllerStore, options: { readonly fleet: string; readonly now?: () => number; readonly onDrop?: (why: string) => void }) {
     this.#db = db;
     this.#fleet = options.fleet;
     this.#now = options.now ?? Date.now;
     this.#onDrop = options.onDrop ?? (() => undefined);
-    this.#flusher = setInterval(() => this.flush(), FLUSH_MS);
+    this.#flusher = setInterval(() => void this.flush().catch((error: unknown) => this.#onDrop(`telemetry not written yet (${String(error)}); retrying`)), FLUSH_MS);
     this.#flusher.unref();
   }
 
-  /** Writes the telemetry received since the last flush (reads flush first, so they see it). */
-  flush(): void {
-    if (this.#pending.size === 0) return;
-    const batch = [...this.#pending];
-    this.#pending.clear();
-    const update = this.#db.prepare('UPDATE devices SET telemetry = ?, telemetry_seq = ?, telemetry_dropped = telemetry_dropped + ?, last_seen_ms = ? WHERE device_id = ?');
-    this.#db.transaction(() => {
-      for (const [device, t] of batch) update.run(t.payload, t.seq, t.dropped, t.at, device);
-    })();
+  /** Writes what was received so far (reads call it first, so they see it). */
+  async flush(): Promise<void> {
+    await this.settled();
+    this.#flushing = this.#flushing.then(() => this.#writeTelemetry(), () => this.#writeTelemetry());
+    return this.#flushing;
   }
 
   /** Flushes and stops the periodic flush. */
-  close(): void {
+  async close(): Promise<void> {
     clearInterval(this.#flusher);
-    this.flush();
+    await this.flush();
   }
 
   onAck(listener: AckListener): void {
     this.#ackListeners.push(listener);
   }
 
-  onBirth(listener: (deviceId: string, birth: aios.fleet.v1.DeviceBirth) => void): void {
+  onBirth(listener: BirthListener): void {
     this.#birthListeners.push(listener);
   }
 
   /** Every event as it arrives (replays included: listeners must be idempotent). */
-  onEvent(listener: (deviceId: string, event: aios.fleet.v1.Event) => void): void {
+  onEvent(listener: EventListener): void {
     this.#eventListeners.push(listener);
   }
 
-  /** Takes one MQTT message from the fleet's device tree. */
+  /** Takes one MQTT message from the fleet's device tree; it is written with the next batch. */
   ingest(topic: string, payload: Uint8Array): void {
     const parsed = parseDeviceTopic(topic);
     if (parsed === undefined || parsed.fleet !== this.#fleet) return this.#drop(`a message on ${topic.slice(0, 200)}, outside fleet ${this.#fleet}'s device tree`);
-    if (!this.#enrolled.has(parsed.device)) {
-      if (this.#db.prepare('SELECT device_id FROM devices WHERE device_id = ?').get(parsed.device) === undefined) return this.#drop(`a message from '${parsed.device}', which is not enrolled`);
-      this.#enrolled.add(parsed.device);
-    }
-    try {
-      this.#handle(parsed.device, parsed.channel, payload);
-    } catch (error) {
-      this.#drop(`${parsed.channel} from ${parsed.device}: ${error instanceof Error ? error.message : String(error)}`);
-    }
+    if (parsed.channel === 'ota/request' || parsed.channel === 'attestation') return; // the bundle server's, the verifier's
+    this.#queue.push({ device: parsed.device, channel: parsed.channel, payload, at: this.#now() });
+    this.#draining ??= this.#drain();
   }
 
-  list(): readonly DeviceSummary[] {
-    this.flush();
-    return (this.#db.prepare('SELECT * FROM devices ORDER BY device_id').all() as DeviceRow[]).map(summary);
+  /** Resolves when the queue is short enough to take more (the controller then acknowledges to the broker). */
+  admitted(): Promise<void> {
+    if (this.#queue.length < HIGH_WATER) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
-  get(deviceId: string): DeviceSummary | undefined {
-    this.flush();
-    const row = this.#db.prepare('SELECT * FROM devices WHERE device_id = ?').get(deviceId) as DeviceRow | undefined;
+  /** Resolves when every message taken so far has been handled. */
+  async settled(): Promise<void> {
+    while (this.#draining !== undefined) await this.#draining;
+  }
+
+  async list(): Promise<readonly DeviceSummary[]> {
+    await this.flush();
+    return (await this.#db.all<DeviceRow>('SELECT * FROM devices ORDER BY device_id')).map(summary);
+  }
+
+  async get(deviceId: string): Promise<DeviceSummary | undefined> {
+    await this.flush();
+    const row = await this.#db.get<DeviceRow>('SELECT * FROM devices WHERE device_id = ?', deviceId);
     return row === undefined ? undefined : summary(row);
   }
 
   /** The last birth a device sent, decoded. */
-  birth(deviceId: string): aios.fleet.v1.DeviceBirth | undefined {
-    const row = this.#db.prepare('SELECT birth FROM devices WHERE device_id = ?').get(deviceId) as { birth: Uint8Array | null } | undefined;
+  async birth(deviceId: string): Promise<aios.fleet.v1.DeviceBirth | undefined> {
+    await this.settled();
+    const row = await this.#db.get<{ birth: Uint8Array | null }>('SELECT birth FROM devices WHERE device_id = ?', deviceId);
     return row?.birth == null ? undefined : aios.fleet.v1.DeviceBirth.decode(row.birth);
   }
 
-  events(deviceId: string, limit = 50): readonly { sequence: number; timeUnixMs: number; severity: string; code: string; message: string; detail?: unknown }[] {
-    const rows = this.#db.prepare('SELECT * FROM events WHERE device_id = ? ORDER BY time_ms DESC, sequence DESC LIMIT ?').all(deviceId, limit) as { sequence: number; time_ms: number; severity: string; code: string; message: string; detail: string | null }[];
+  async events(deviceId: string, limit = 50): Promise<readonly { sequence: number; timeUnixMs: number; severity: string; code: string; message: string; detail?: unknown }[]> {
+    await this.settled();
+    const rows = await this.#db.all<{ sequence: number; time_ms: number; severity: string; code: string; message: string; detail: string | null }>('SELECT * FROM events WHERE device_id = ? ORDER BY time_ms DESC, sequence DESC LIMIT ?', deviceId, limit);
     return rows.map((r) => ({ sequence: r.sequence, timeUnixMs: r.time_ms, severity: r.severity, code: r.code, message: r.message, ...(r.detail === null ? {} : { detail: JSON.parse(r.detail) as unknown }) }));
   }
 
-  #handle(device: string, channel: DeviceChannel, payload: Uint8Array): void {
-    const now = this.#now();
+  async #drain(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.slice(0, BATCH);
+        const after: (() => Promise<void> | void)[] = [];
+        try {
+          await this.#db.transaction(async (tx) => {
+            for (const m of batch) await this.#one(tx, m, after);
+          });
+        } catch (error) {
+          if (this.#db.unavailable(error)) {
+            // The database is away: keep the batch (and hold the broker back) until it returns.
+            this.#onDrop(`the controller store is unavailable (${error instanceof Error ? error.message : String(error)}); retrying in 1 s`);
+            await new Promise((resolve) => setTimeout(resolve, 1000));
+            continue;
+          }
+          throw error;
+        }
+        this.#queue.splice(0, batch.length);
+        if (this.#queue.length < HIGH_WATER) for (const wake of this.#waiters.splice(0)) wake();
+        // Listeners after the commit, so that what they read includes the batch.
+        for (const f of after) {
+          try {
+            await f();
+          } catch (error) {
+            this.#onDrop(`a listener failed: ${error instanceof Error ? error.message : String(error)}`);
+          }
+        }
+      }
+    } finally {
+      this.#draining = undefined;
+      for (const wake of this.#waiters.splice(0)) wake();
+    }
+  }
+
+  async #one(tx: Sql, m: Received, after: (() => Promise<void> | void)[]): Promise<void> {
+    if (!this.#enrolled.has(m.device)) {
+      if ((await tx.get('SELECT device_id FROM devices WHERE device_id = ?', m.device)) === undefined) return this.#drop(`a message from '${m.device}', which is not enrolled`);
+      this.#enrolled.add(m.device);
+    }
+    let decoded: Decoded;
+    try {
+      decoded = this.#decode(m);
+    } catch (error) {
+      return this.#drop(`${m.channel} from ${m.device}: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    await this.#record(tx, m, decoded, after);
+  }
+
+  #decode(m: Received): Decoded {
+    const { device, channel, payload } = m;
     switch (channel) {
       case 'birth': {
         const birth = decodeMessage(aios.fleet.v1.DeviceBirth, payload, `the birth of ${device}`);
         if (birth.deviceId !== device || birth.fleet !== this.#fleet) throw new FleetError('EAI_FLEET_MESSAGE_MALFORMED', `the birth names ${birth.deviceId}@${birth.fleet}, but came on ${device}'s topic`);
-        const labels = { ...this.#labels(device), ...birth.labels };
-        this.#db
-          .prepare('UPDATE devices SET birth = ?, boot_id = ?, runtime_version = ?, labels = ?, last_seen_ms = ?, last_sequence = MAX(last_sequence, ?) WHERE device_id = ?')
-          .run(Buffer.from(payload), birth.bootId, birth.runtimeVersion, JSON.stringify(labels), now, wholeNumber(birth.lastCommandSequence), device);
-        this.counts.births++;
-        for (const l of this.#birthListeners) l(device, birth);
-        return;
+        return { birth };
       }
       case 'status': {
         // An empty retained payload clears the topic (a deleted device); nothing to record.
-        if (payload.length === 0) return;
+        if (payload.length === 0) return {};
         const status = decodeMessage(aios.fleet.v1.DeviceStatus, payload, `the status of ${device}`);
-        const state = status.state === aios.fleet.v1.DeviceStatus.State.ONLINE ? 'online' : status.state === aios.fleet.v1.DeviceStatus.State.OFFLINE ? 'offline' : status.state === aios.fleet.v1.DeviceStatus.State.LOST ? 'lost' : undefined;
+        const S = aios.fleet.v1.DeviceStatus.State;
+        const state = status.state === S.ONLINE ? 'online' : status.state === S.OFFLINE ? 'offline' : status.state === S.LOST ? 'lost' : undefined;
         if (state === undefined) throw new FleetError('EAI_FLEET_MESSAGE_MALFORMED', `status ${String(status.state)} is not one aios writes`);
-        this.#db.prepare('UPDATE devices SET state = ?, state_ms = ?, last_seen_ms = CASE WHEN ? = \'online\' THEN ? ELSE last_seen_ms END WHERE device_id = ?').run(state, now, state, now, device);
-        this.counts.statuses++;
-        return;
+        return { state };
       }
-      case 'telemetry': {
-        const t = decodeMessage(aios.fleet.v1.Telemetry, payload, `telemetry of ${device}`);
-        const seq = wholeNumber(t.sequence);
-        let last = this.#lastSeq.get(device);
-        if (last === undefined) {
-          const row = this.#db.prepare('SELECT telemetry_seq FROM devices WHERE device_id = ?').get(device) as { telemetry_seq: number | null };
-          last = row.telemetry_seq ?? -1;
-        }
-        this.counts.telemetry++;
-        // A replayed or late record (the spool sends at least once) updates nothing.
-        if (seq <= last) return;
-        this.#lastSeq.set(device, seq);
-        const waiting = this.#pending.get(device);
-        this.#pending.set(device, { payload: Buffer.from(payload), seq, dropped: (waiting?.dropped ?? 0) + wholeNumber(t.spoolDropped), at: now });
-        return;
-      }
-      case 'events': {
-        const e = decodeMessage(aios.fleet.v1.Event, payload, `an event of ${device}`);
-        const detail = e.deployment === null || e.deployment === undefined ? null : JSON.stringify(aios.fleet.v1.DeploymentProgress.toObject(e.deployment as aios.fleet.v1.DeploymentProgress, { enums: String, longs: Number }));
-        this.#db
-          .prepare('INSERT OR IGNORE INTO events (device_id, sequence, time_ms, severity, code, message, detail) VALUES (?, ?, ?, ?, ?, ?, ?)')
-          .run(device, wholeNumber(e.sequence), wholeNumber(e.timeUnixMs), aios.fleet.v1.Event.Severity[e.severity] ?? 'SEVERITY_UNSPECIFIED', e.code, e.message.slice(0, 4000), detail);
-        this.counts.events++;
-        for (const l of this.#eventListeners) l(device, e);
-        return;
-      }
-      case 'acks': {
-        const ack = decodeMessage(aios.fleet.v1.CommandAck, payload, `a command ack of ${device}`);
-        this.counts.acks++;
-        for (const l of this.#ackListeners) l(device, ack);
-        return;
-      }
+      case 'telemetry':
+        return { telemetry: decodeMessage(aios.fleet.v1.Telemetry, payload, `telemetry of ${device}`) };
+      case 'events':
+        return { event: decodeMessage(aios.fleet.v1.Event, payload, `an event of ${device}`) };
+      case 'acks':
+        return { ack: decodeMessage(aios.fleet.v1.CommandAck, payload, `a command ack of ${device}`) };
       default:
-        return; // ota/request is the bundle server's; attestation the verifier's
+        return {};
     }
   }
 
-  #labels(device: string): Record<string, string> {
-    const row = this.#db.prepare('SELECT labels FROM devices WHERE device_id = ?').get(device) as { labels: string };
-    return JSON.parse(row.labels) as Record<string, string>;
+  async #record(tx: Sql, m: Received, d: Decoded, after: (() => Promise<void> | void)[]): Promise<void> {
+    const { device, at } = m;
+    if (d.birth !== undefined) {
+      const birth = d.birth;
+      const row = await tx.get<{ labels: string }>('SELECT labels FROM devices WHERE device_id = ?', device);
+      const labels = { ...(JSON.parse(row?.labels ?? '{}') as Record<string, string>), ...birth.labels };
+      await tx.run('UPDATE devices SET birth = ?, boot_id = ?, runtime_version = ?, labels = ?, last_seen_ms = ?, last_sequence = GREATEST(last_sequence, ?) WHERE device_id = ?', Buffer.from(m.payload), birth.bootId, birth.runtimeVersion, JSON.stringify(labels), at, wholeNumber(birth.lastCommandSequence), device);
+      this.counts.births++;
+      after.push(() => {
+        for (const l of this.#birthListeners) l(device, birth);
+      });
+    } else if (d.state !== undefined) {
+      await tx.run("UPDATE devices SET state = ?, state_ms = ?, last_seen_ms = CASE WHEN ? = 'online' THEN ? ELSE last_seen_ms END WHERE device_id = ?", d.state, at, d.state, at, device);
+      this.counts.statuses++;
+    } else if (d.telemetry !== undefined) {
+      const t = d.telemetry;
+      const seq = wholeNumber(t.sequence);
+      let last = this.#lastSeq.get(device);
+      if (last === undefined) {
+        const row = await tx.get<{ telemetry_seq: number | null }>('SELECT telemetry_seq FROM devices WHERE device_id = ?', device);
+        last = row?.telemetry_seq ?? -1;
+      }
+      this.counts.telemetry++;
+      // A replayed or late record (the spool sends at least once) updates nothing.
+      if (seq <= last) return;
+      this.#lastSeq.set(device, seq);
+      const waiting = this.#pending.get(device);
+      this.#pending.set(device, { payload: Buffer.from(m.payload), seq, dropped: (waiting?.dropped ?? 0) + wholeNumber(t.spoolDropped), at });
+    } else if (d.event !== undefined) {
+      const e = d.event;
+      const detail = e.deployment === null || e.deployment === undefined ? null : JSON.stringify(aios.fleet.v1.DeploymentProgress.toObject(e.deployment as aios.fleet.v1.DeploymentProgress, { enums: String, longs: Number }));
+      await tx.run('INSERT INTO events (device_id, sequence, time_ms, severity, code, message, detail) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING', device, wholeNumber(e.sequence), wholeNumber(e.timeUnixMs), aios.fleet.v1.Event.Severity[e.severity] ?? 'SEVERITY_UNSPECIFIED', e.code, e.message.slice(0, 4000), detail);
+      this.counts.events++;
+      after.push(async () => {
+        for (const l of this.#eventListeners) await l(device, e);
+      });
+    } else if (d.ack !== undefined) {
+      const ack = d.ack;
+      this.counts.acks++;
+      after.push(async () => {
+        for (const l of this.#ackListeners) await l(device, ack);
+      });
+    }
+  }
+
+  async #writeTelemetry(): Promise<void> {
+    if (this.#pending.size === 0) return;
+    const batch = [...this.#pending];
+    this.#pending.clear();
+    try {
+      await this.#db.transaction(async (tx) => {
+        // Conditional: another controller replica may have written a later record meanwhile.
+        for (const [device, t] of batch) {
+          await tx.run(
+            'UPDATE devices SET telemetry = CASE WHEN telemetry_seq IS NULL OR telemetry_seq < ? THEN ? ELSE telemetry END, telemetry_seq = GREATEST(telemetry_seq, ?), telemetry_dropped = telemetry_dropped + ?, last_seen_ms = GREATEST(last_seen_ms, ?) WHERE device_id = ?',
+            t.seq,
+            t.payload,
+            t.seq,
+            t.dropped,
+            t.at,
+            device,
+          );
+        }
+      });
+    } catch (error) {
+      // Not written: put back what no newer record replaced, to go with the next flush.
+      for (const [device, t] of batch) {
+        const newer = this.#pending.get(device);
+        this.#pending.set(device, newer === undefined ? t : { ...newer, dropped: newer.dropped + t.dropped });
+      }
+      throw error;
+    }
   }
 
   #drop(why: string): void {
     this.counts.dropped++;
     this.#onDrop(why);
   }
+}
+
+interface Decoded {
+  readonly birth?: aios.fleet.v1.DeviceBirth;
+  readonly state?: 'online' | 'offline' | 'lost';
+  readonly telemetry?: aios.fleet.v1.Telemetry;
+  readonly event?: aios.fleet.v1.Event;
+  readonly ack?: aios.fleet.v1.CommandAck;
 }
 
 interface DeviceRow {

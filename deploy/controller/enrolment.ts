@@ -4,7 +4,7 @@ import { FleetError } from '../fleet/errors.js';
 import { issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
 import { parseCsr } from '../fleet/pki/csr.js';
 import { isTopicLevel, topicLevel } from '../fleet/topics.js';
-import type { Database } from './database.js';
+import type { ControllerStore } from './store.js';
 
 /**
  * Enrolment: how a device gets its fleet certificate. An operator makes a one-time token
@@ -58,13 +58,13 @@ export interface TokenInfo {
 const PREFIX = 'aios1';
 
 export class Enrolment {
-  readonly #db: Database;
+  readonly #db: ControllerStore;
   readonly #fleet: string;
   readonly #ca: CertificateAuthority;
   readonly #days: number;
   readonly #now: () => number;
 
-  constructor(db: Database, options: EnrolmentOptions) {
+  constructor(db: ControllerStore, options: EnrolmentOptions) {
     this.#db = db;
     this.#fleet = topicLevel('fleet', options.fleet);
     this.#ca = options.ca;
@@ -73,7 +73,7 @@ export class Enrolment {
   }
 
   /** A new single-use token, valid for `validForMs`; bound to `deviceId` when given. */
-  issueToken(options: { readonly validForMs: number; readonly deviceId?: string; readonly labels?: Readonly<Record<string, string>> }): IssuedToken {
+  async issueToken(options: { readonly validForMs: number; readonly deviceId?: string; readonly labels?: Readonly<Record<string, string>> }): Promise<IssuedToken> {
     if (!Number.isSafeInteger(options.validForMs) || options.validForMs <= 0) {
       throw new FleetError('EAI_FLEET_ENROL_ARGUMENT', `a token's validity must be a positive number of milliseconds, got ${options.validForMs}; a day is 86400000.`);
     }
@@ -82,9 +82,7 @@ export class Enrolment {
     const secret = randomBytes(32).toString('base64url');
     const created = this.#now();
     const expires = created + options.validForMs;
-    this.#db
-      .prepare('INSERT INTO enrolment_tokens (id, secret_sha256, created_ms, expires_ms, device_id, labels) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(id, sha256(Buffer.from(secret)), created, expires, options.deviceId ?? null, JSON.stringify(options.labels ?? {}));
+    await this.#db.run('INSERT INTO enrolment_tokens (id, secret_sha256, created_ms, expires_ms, device_id, labels) VALUES (?, ?, ?, ?, ?, ?)', id, sha256(Buffer.from(secret)), created, expires, options.deviceId ?? null, JSON.stringify(options.labels ?? {}));
     return { token: `${PREFIX}.${id}.${secret}`, id, expiresUnixMs: expires, ...(options.deviceId === undefined ? {} : { deviceId: options.deviceId }) };
   }
 
@@ -94,10 +92,10 @@ export class Enrolment {
    * wrong secret: one answer for all, so a guesser learns nothing), `EAI_FLEET_ENROL_TOKEN_EXPIRED`,
    * `EAI_FLEET_ENROL_TOKEN_USED`, `EAI_FLEET_ENROL_NAME`.
    */
-  enrol(csr: string | Uint8Array): Enrolled {
+  async enrol(csr: string | Uint8Array): Promise<Enrolled> {
     const request = parseCsr(csr);
     const deviceId = deviceName(request.commonName);
-    const token = this.#token(request.challengePassword);
+    const token = await this.#token(request.challengePassword);
     const now = this.#now();
     if (now > token.expiresUnixMs) {
       throw new FleetError('EAI_FLEET_ENROL_TOKEN_EXPIRED', `enrolment token ${token.id} expired at ${new Date(token.expiresUnixMs).toISOString()}; ask the fleet operator for a new one (\`aios fleet token\`).`, { details: { id: token.id } });
@@ -108,40 +106,45 @@ export class Enrolment {
     if (token.deviceId !== undefined && token.deviceId !== deviceId) {
       throw new FleetError('EAI_FLEET_ENROL_NAME', `enrolment token ${token.id} is for device '${token.deviceId}', the request names '${deviceId}'; use the device id the token was made for.`, { details: { id: token.id, expected: token.deviceId, got: deviceId } });
     }
-    const existing = this.#db.prepare('SELECT device_id FROM devices WHERE device_id = ?').get(deviceId);
+    const existing = await this.#db.get('SELECT device_id FROM devices WHERE device_id = ?', deviceId);
     if (existing !== undefined && token.deviceId !== deviceId) {
       throw new FleetError('EAI_FLEET_ENROL_NAME', `device '${deviceId}' is already enrolled in fleet ${this.#fleet}; re-enrolling it (a new key, a replaced board) needs a token made for it: \`aios fleet token --device ${deviceId}\`.`, { details: { deviceId } });
     }
     const certificatePem = issueCertificate({ ca: this.#ca, subjectPublicKey: request.publicKey, commonName: deviceId, validDays: this.#days, usage: 'client', now: new Date(now) });
     const keySha256 = createHash('sha256').update(request.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
-    this.#db.transaction(() => {
+    await this.#db.transaction(async (tx) => {
       // The token is spent only if no other request spent it since it was read.
-      const spent = this.#db.prepare('UPDATE enrolment_tokens SET used_ms = ?, used_by = ? WHERE id = ? AND used_ms IS NULL').run(now, deviceId, token.id);
-      if (spent.changes !== 1) throw new FleetError('EAI_FLEET_ENROL_TOKEN_USED', `enrolment token ${token.id} was used by another request at the same moment; ask the fleet operator for a new one.`, { details: { id: token.id } });
-      this.#db
-        .prepare('INSERT INTO devices (device_id, certificate_pem, key_sha256, enrolled_ms, labels) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET certificate_pem = excluded.certificate_pem, key_sha256 = excluded.key_sha256, enrolled_ms = excluded.enrolled_ms, labels = excluded.labels')
-        .run(deviceId, certificatePem, keySha256, now, JSON.stringify(token.labels));
-    })();
+      const spent = await tx.run('UPDATE enrolment_tokens SET used_ms = ?, used_by = ? WHERE id = ? AND used_ms IS NULL', now, deviceId, token.id);
+      if (spent !== 1) throw new FleetError('EAI_FLEET_ENROL_TOKEN_USED', `enrolment token ${token.id} was used by another request at the same moment; ask the fleet operator for a new one.`, { details: { id: token.id } });
+      await tx.run(
+        'INSERT INTO devices (device_id, certificate_pem, key_sha256, enrolled_ms, labels) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET certificate_pem = excluded.certificate_pem, key_sha256 = excluded.key_sha256, enrolled_ms = excluded.enrolled_ms, labels = excluded.labels',
+        deviceId,
+        certificatePem,
+        keySha256,
+        now,
+        JSON.stringify(token.labels),
+      );
+    });
     return { deviceId, fleet: this.#fleet, certificatePem, caCertificatePem: this.#ca.certificatePem, labels: token.labels };
   }
 
   /** Every token, newest first, without secrets. */
-  tokens(): readonly TokenInfo[] {
-    const rows = this.#db.prepare('SELECT * FROM enrolment_tokens ORDER BY created_ms DESC').all() as TokenRow[];
+  async tokens(): Promise<readonly TokenInfo[]> {
+    const rows = await this.#db.all<TokenRow>('SELECT * FROM enrolment_tokens ORDER BY created_ms DESC');
     return rows.map(tokenInfo);
   }
 
   /** Makes an unused token worthless (marks it used by `revoked`). */
-  revokeToken(id: string): boolean {
-    return this.#db.prepare("UPDATE enrolment_tokens SET used_ms = ?, used_by = '(revoked)' WHERE id = ? AND used_ms IS NULL").run(this.#now(), id).changes === 1;
+  async revokeToken(id: string): Promise<boolean> {
+    return (await this.#db.run("UPDATE enrolment_tokens SET used_ms = ?, used_by = '(revoked)' WHERE id = ? AND used_ms IS NULL", this.#now(), id)) === 1;
   }
 
-  #token(text: string | undefined): TokenInfo {
+  async #token(text: string | undefined): Promise<TokenInfo> {
     const unknown = new FleetError('EAI_FLEET_ENROL_TOKEN', 'the enrolment request carries no valid token (its challengePassword must be the `aios1.…` token the fleet operator issued). Check the token baked into the device image.');
     const parts = text?.split('.') ?? [];
     if (parts.length !== 3 || parts[0] !== PREFIX) throw unknown;
     const [, id, secret] = parts as [string, string, string];
-    const row = this.#db.prepare('SELECT * FROM enrolment_tokens WHERE id = ?').get(id) as TokenRow | undefined;
+    const row = await this.#db.get<TokenRow>('SELECT * FROM enrolment_tokens WHERE id = ?', id);
     if (row === undefined) throw unknown;
     const stored = Buffer.from(row.secret_sha256);
     if (!timingSafeEqual(stored, sha256(Buffer.from(secret)))) throw unknown;

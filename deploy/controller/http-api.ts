@@ -31,7 +31,7 @@ export function enrolmentHandler(enrolment: Enrolment, log: (line: Record<string
       const body = (await readJson(req)) as { csr?: unknown };
       if (typeof body.csr !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ENROL_REQUEST', message: 'the body must be JSON { "csr": "<PEM certificate request>" }' } });
       try {
-        const enrolled = enrolment.enrol(body.csr);
+        const enrolled = await enrolment.enrol(body.csr);
         log({ msg: 'enrolled', device: enrolled.deviceId });
         return reply(200, { certificate: enrolled.certificatePem, ca: enrolled.caCertificatePem, deviceId: enrolled.deviceId, fleet: enrolled.fleet, labels: enrolled.labels });
       } catch (error) {
@@ -57,15 +57,15 @@ export function operatorHandler(api: OperatorApi, log: (line: Record<string, unk
   return (req, res) =>
     void handle(req, res, log, async () => {
       const path = url(req).pathname.split('/').filter((p) => p !== '').map(decodeURIComponent);
-      if (req.method === 'GET' && path.join('/') === 'v1/devices') return reply(200, { devices: api.registry.list() });
-      if (req.method === 'GET' && path.join('/') === 'v1/commands') return reply(200, { commands: api.commands.list() });
+      if (req.method === 'GET' && path.join('/') === 'v1/devices') return reply(200, { devices: await api.registry.list() });
+      if (req.method === 'GET' && path.join('/') === 'v1/commands') return reply(200, { commands: await api.commands.list() });
       if (path[0] === 'v1' && path[1] === 'rollouts') return rolloutRoute(api, req, path.slice(2), log);
       if (path.join('/') === 'v1/tokens') {
-        if (req.method === 'GET') return reply(200, { tokens: api.enrolment.tokens() });
+        if (req.method === 'GET') return reply(200, { tokens: await api.enrolment.tokens() });
         if (req.method === 'POST') {
           const body = (await readJson(req)) as { deviceId?: unknown; validForMs?: unknown; labels?: unknown };
           try {
-            const issued = api.enrolment.issueToken({
+            const issued = await api.enrolment.issueToken({
               validForMs: typeof body.validForMs === 'number' ? body.validForMs : 7 * 86_400_000,
               ...(typeof body.deviceId === 'string' ? { deviceId: body.deviceId } : {}),
               ...(typeof body.labels === 'object' && body.labels !== null ? { labels: body.labels as Record<string, string> } : {}),
@@ -80,9 +80,9 @@ export function operatorHandler(api: OperatorApi, log: (line: Record<string, unk
       }
       if (path[0] === 'v1' && path[1] === 'devices' && path[2] !== undefined) {
         const id = path[2];
-        const device = api.registry.get(id);
+        const device = await api.registry.get(id);
         if (device === undefined) return reply(404, { error: { code: 'EAI_FLEET_DEVICE_UNKNOWN', message: `device '${id}' is not enrolled` } });
-        if (req.method === 'GET' && path.length === 3) return reply(200, { device, events: api.registry.events(id, 50), commands: api.commands.list(id, 50) });
+        if (req.method === 'GET' && path.length === 3) return reply(200, { device, events: await api.registry.events(id, 50), commands: await api.commands.list(id, 50) });
         if (req.method === 'POST' && path.length === 4 && path[3] === 'commands') {
           const body = (await readJson(req)) as Record<string, unknown> & { ttlMs?: unknown };
           const { ttlMs, ...action } = body;
@@ -113,7 +113,7 @@ export function operatorHandler(api: OperatorApi, log: (line: Record<string, unk
  */
 async function rolloutRoute(api: OperatorApi, req: IncomingMessage, rest: readonly string[], log: (line: Record<string, unknown>) => void): Promise<Reply> {
   try {
-    if (req.method === 'GET' && rest.length === 0) return reply(200, { rollouts: api.rollouts.list() });
+    if (req.method === 'GET' && rest.length === 0) return reply(200, { rollouts: await api.rollouts.list() });
     if (req.method === 'POST' && rest.length === 0) {
       const body = (await readJson(req)) as { bundle?: unknown; target?: RolloutSpec['target']; stages?: StageSpec[]; health?: Partial<HealthPolicy>; chunkSize?: number; successThreshold?: number; errorThreshold?: number; rollbackOnFailure?: boolean };
       if (typeof body.bundle !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ROLLOUT_INVALID', message: 'the body needs "bundle": the path of a model bundle on the controller host' } });
@@ -131,12 +131,12 @@ async function rolloutRoute(api: OperatorApi, req: IncomingMessage, rest: readon
     }
     const id = rest[0] as string;
     if (req.method === 'GET' && rest.length === 1) {
-      const rollout = api.rollouts.status(id);
-      return reply(200, { rollout, deployment: api.deployments.get(rollout.deploymentId), targets: api.deployments.targets(rollout.deploymentId) });
+      const rollout = await api.rollouts.status(id);
+      return reply(200, { rollout, deployment: await api.deployments.get(rollout.deploymentId), targets: await api.deployments.targets(rollout.deploymentId) });
     }
     if (req.method === 'POST' && rest.length === 2) {
       const body = rest[1] === 'rollback' ? ((await readJson(req).catch(() => ({}))) as { reason?: unknown }) : {};
-      if (rest[1] === 'pause') return reply(200, { rollout: api.rollouts.pause(id) });
+      if (rest[1] === 'pause') return reply(200, { rollout: await api.rollouts.pause(id) });
       if (rest[1] === 'resume') return reply(200, { rollout: await api.rollouts.resume(id) });
       if (rest[1] === 'rollback') return reply(200, { rollout: await api.rollouts.rollback(id, typeof body.reason === 'string' ? body.reason : undefined) });
     }

@@ -3,7 +3,7 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { MqttClient } from 'mqtt';
 import { fileSource } from '../../models/bundle/tar.js';
 import { FleetError } from '../fleet/errors.js';
-import { deviceTopic, everyDevice, parseDeviceTopic } from '../fleet/topics.js';
+import { deviceTopic, everyDevice, parseDeviceTopic, sharedFilter } from '../fleet/topics.js';
 import { decodeMessage, wholeNumber } from '../fleet/wire.js';
 import { aios } from '../proto/gen/aios.js';
 
@@ -48,7 +48,9 @@ export interface BundleServerOptions {
    * to it, unknown): the request is then answered with nothing. The chunk size is needed because
    * requests count chunks, not bytes; it must be the one in the device's Deploy command.
    */
-  readonly bundles: (query: BundleQuery) => BundleFile | undefined;
+  readonly bundles: (query: BundleQuery) => Promise<BundleFile | undefined> | BundleFile | undefined;
+  /** Subscribe as a member of this MQTT shared-subscription group (controller replicas: each request reaches one of them). */
+  readonly share?: string;
   /** Chunks in flight (read or published and not yet acknowledged) per device. Default 8. */
   readonly perDevice?: number;
   /** Chunks in flight over all devices. Default 64. */
@@ -154,7 +156,7 @@ export class BundleServer {
   readonly #client: MqttClient;
   readonly #fleet: string;
   readonly #filter: string;
-  readonly #bundles: (query: BundleQuery) => BundleFile | undefined;
+  readonly #bundles: BundleServerOptions['bundles'];
   readonly #perDevice: number;
   readonly #total: number;
   readonly #maxRequestChunks: number;
@@ -171,7 +173,7 @@ export class BundleServer {
   private constructor(options: BundleServerOptions) {
     this.#client = options.client;
     this.#fleet = options.fleet;
-    this.#filter = everyDevice(options.fleet, 'ota/request');
+    this.#filter = sharedFilter(options.share, everyDevice(options.fleet, 'ota/request'));
     this.#bundles = options.bundles;
     this.#perDevice = options.perDevice ?? 8;
     this.#total = options.total ?? 64;
@@ -247,7 +249,7 @@ export class BundleServer {
     const query = { device, deploymentId: request.deploymentId, bundleSha256: request.bundleSha256 };
     let file: BundleFile | undefined;
     try {
-      file = this.#bundles(query);
+      file = await this.#bundles(query);
     } catch {
       file = undefined; // the controller's lookup failing is the same answer for the device: none
     }

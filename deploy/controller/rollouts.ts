@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { FleetError } from '../fleet/errors.js';
 import type { CommandQueue } from './commands.js';
-import type { Database } from './database.js';
+import type { ControllerStore } from './store.js';
 import type { Deployments, TargetPhase } from './deployments.js';
 import type { DeviceRegistry, DeviceSummary } from './devices.js';
 
@@ -70,16 +70,22 @@ export const DEFAULT_STAGES: readonly StageSpec[] = [
 const FAILED: readonly TargetPhase[] = ['ROLLED_BACK', 'FAILED'];
 
 export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
-  readonly #db: Database;
+  readonly #db: ControllerStore;
+  readonly #leads: () => Promise<boolean>;
   readonly #deployments: Deployments;
   readonly #registry: DeviceRegistry;
   readonly #commands: CommandQueue;
   readonly #now: () => number;
   #ticking: Promise<void> = Promise.resolve();
 
-  constructor(db: Database, options: { readonly deployments: Deployments; readonly registry: DeviceRegistry; readonly commands: CommandQueue; readonly now?: () => number }) {
+  /**
+   * `leads`: whether this controller drives rollouts now (one replica of several does; the others
+   * record progress and answer the API, and take over when it goes). Default: always.
+   */
+  constructor(db: ControllerStore, options: { readonly deployments: Deployments; readonly registry: DeviceRegistry; readonly commands: CommandQueue; readonly leads?: () => Promise<boolean>; readonly now?: () => number }) {
     super();
     this.#db = db;
+    this.#leads = options.leads ?? (async () => true);
     this.#deployments = options.deployments;
     this.#registry = options.registry;
     this.#commands = options.commands;
@@ -92,39 +98,39 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
     const stages = spec.stages.length === 0 ? DEFAULT_STAGES : spec.stages;
     const problems = checkSpec({ ...spec, stages });
     if (problems.length > 0) throw new FleetError('EAI_FLEET_ROLLOUT_INVALID', `the rollout cannot start: ${problems.join('; ')}.`, { details: { problems } });
-    this.#deployments.get(spec.deploymentId); // throws for an unknown deployment
-    const devices = this.#registry.list().filter((d) => matches(d, spec.target)).map((d) => d.deviceId).sort();
+    await this.#deployments.get(spec.deploymentId); // throws for an unknown deployment
+    const devices = (await this.#registry.list()).filter((d) => matches(d, spec.target)).map((d) => d.deviceId).sort();
     if (devices.length === 0) throw new FleetError('EAI_FLEET_ROLLOUT_INVALID', 'no enrolled device matches the rollout target; check the labels with aios fleet devices.', { details: { target: spec.target } });
     const id = `rollout-${randomBytes(4).toString('hex')}`;
     const now = this.#now();
     const plan = planStages(devices, stages);
-    this.#db.transaction(() => {
-      this.#db.prepare("INSERT INTO rollouts (id, deployment_id, spec, state, stage, created_ms, updated_ms) VALUES (?, ?, ?, 'running', 0, ?, ?)").run(id, spec.deploymentId, JSON.stringify({ ...spec, stages }), now, now);
-      plan.forEach((group, stage) => {
-        for (const device of group) this.#db.prepare('INSERT INTO rollout_devices (rollout_id, device_id, stage) VALUES (?, ?, ?)').run(id, device, stage);
-      });
-    })();
+    await this.#db.transaction(async (tx) => {
+      await tx.run("INSERT INTO rollouts (id, deployment_id, spec, state, stage, created_ms, updated_ms) VALUES (?, ?, ?, 'running', 0, ?, ?)", id, spec.deploymentId, JSON.stringify({ ...spec, stages }), now, now);
+      for (const [stage, group] of plan.entries()) {
+        for (const device of group) await tx.run('INSERT INTO rollout_devices (rollout_id, device_id, stage) VALUES (?, ?, ?)', id, device, stage);
+      }
+    });
     await this.tick();
     return this.status(id);
   }
 
-  pause(id: string): RolloutStatus {
-    this.#set(id, 'paused', 'paused by the operator', ['running']);
+  async pause(id: string): Promise<RolloutStatus> {
+    await this.#set(id, 'paused', 'paused by the operator', ['running']);
     return this.status(id);
   }
 
   async resume(id: string): Promise<RolloutStatus> {
-    this.#set(id, 'running', undefined, ['paused']);
+    await this.#set(id, 'running', undefined, ['paused']);
     await this.tick();
     return this.status(id);
   }
 
   /** Stops the rollout and sends Rollback to every device it committed. */
   async rollback(id: string, reason = 'rolled back by the operator'): Promise<RolloutStatus> {
-    const r = this.#row(id);
+    const r = await this.#row(id);
     if (r.state === 'rolled-back') return this.status(id);
     await this.#rollBackDevices(id, r.deployment_id, reason);
-    this.#set(id, 'rolled-back', reason);
+    await this.#set(id, 'rolled-back', reason);
     return this.status(id);
   }
 
@@ -134,12 +140,12 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
     return this.#ticking;
   }
 
-  status(id: string): RolloutStatus {
-    const r = this.#row(id);
+  async status(id: string): Promise<RolloutStatus> {
+    const r = await this.#row(id);
     const spec = JSON.parse(r.spec) as RolloutSpec;
-    const deployment = this.#deployments.get(r.deployment_id);
-    const targets = new Map(this.#deployments.targets(r.deployment_id).map((t) => [t.deviceId, t.phase]));
-    const rows = this.#db.prepare('SELECT device_id, stage FROM rollout_devices WHERE rollout_id = ? ORDER BY device_id').all(id) as { device_id: string; stage: number }[];
+    const deployment = await this.#deployments.get(r.deployment_id);
+    const targets = new Map((await this.#deployments.targets(r.deployment_id)).map((t) => [t.deviceId, t.phase]));
+    const rows = await this.#db.all<{ device_id: string; stage: number }>('SELECT device_id, stage FROM rollout_devices WHERE rollout_id = ? ORDER BY device_id', id);
     const stages = spec.stages.map((s, i) => {
       const devices = rows.filter((d) => d.stage === i).map((d) => d.device_id);
       const phases = devices.map((d) => targets.get(d));
@@ -155,71 +161,72 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
     return { id, deploymentId: r.deployment_id, model: deployment.model, version: deployment.version, state: r.state, stage: r.stage, ...(r.reason === null ? {} : { reason: r.reason }), stages, createdUnixMs: r.created_ms, updatedUnixMs: r.updated_ms };
   }
 
-  list(): readonly RolloutStatus[] {
-    return (this.#db.prepare('SELECT id FROM rollouts ORDER BY created_ms DESC').all() as { id: string }[]).map((r) => this.status(r.id));
+  async list(): Promise<readonly RolloutStatus[]> {
+    const ids = await this.#db.all<{ id: string }>('SELECT id FROM rollouts ORDER BY created_ms DESC');
+    return Promise.all(ids.map((r) => this.status(r.id)));
   }
 
   async #tickAll(): Promise<void> {
-    for (const { id } of this.#db.prepare("SELECT id FROM rollouts WHERE state = 'running'").all() as { id: string }[]) await this.#advance(id);
+    if (!(await this.#leads())) return;
+    for (const { id } of await this.#db.all<{ id: string }>("SELECT id FROM rollouts WHERE state = 'running'")) await this.#advance(id);
   }
 
   async #advance(id: string): Promise<void> {
     for (;;) {
-      const r = this.#row(id);
+      const r = await this.#row(id);
       if (r.state !== 'running') return;
       const spec = JSON.parse(r.spec) as RolloutSpec;
-      const status = this.status(id);
+      const status = await this.status(id);
       const stage = status.stages[r.stage] as StageStatus;
       if (!stage.started || stage.committed + stage.failed + stage.pending < stage.devices.length) {
         await this.#deployments.target(r.deployment_id, stage.devices);
-        this.emit('update', this.status(id));
+        this.emit('update', await this.status(id));
         return;
       }
       const total = stage.devices.length;
       if (total > 0 && stage.failed / total > (spec.errorThreshold ?? 0)) {
-        const reason = `stage '${stage.name}': ${stage.failed} of ${total} devices failed (${this.#failures(r.deployment_id, stage.devices)}), above the error threshold of ${((spec.errorThreshold ?? 0) * 100).toFixed(0)} %`;
+        const reason = `stage '${stage.name}': ${stage.failed} of ${total} devices failed (${await this.#failures(r.deployment_id, stage.devices)}), above the error threshold of ${((spec.errorThreshold ?? 0) * 100).toFixed(0)} %`;
         if (spec.rollbackOnFailure !== false) {
           await this.#rollBackDevices(id, r.deployment_id, reason);
-          this.#set(id, 'rolled-back', reason);
-        } else this.#set(id, 'stopped', reason);
-        this.emit('update', this.status(id));
+          await this.#set(id, 'rolled-back', reason);
+        } else await this.#set(id, 'stopped', reason);
+        this.emit('update', await this.status(id));
         return;
       }
       if (total > 0 && stage.committed / total < (spec.successThreshold ?? 1)) return; // still waiting
       if (r.stage + 1 >= spec.stages.length) {
-        this.#set(id, 'completed', undefined);
-        this.emit('update', this.status(id));
+        await this.#set(id, 'completed', undefined);
+        this.emit('update', await this.status(id));
         return;
       }
-      this.#db.prepare('UPDATE rollouts SET stage = stage + 1, updated_ms = ? WHERE id = ?').run(this.#now(), id);
+      await this.#db.run('UPDATE rollouts SET stage = stage + 1, updated_ms = ? WHERE id = ?', this.#now(), id);
     }
   }
 
-  #failures(deploymentId: string, devices: readonly string[]): string {
-    return this.#deployments
-      .targets(deploymentId)
+  async #failures(deploymentId: string, devices: readonly string[]): Promise<string> {
+    return (await this.#deployments.targets(deploymentId))
       .filter((t) => devices.includes(t.deviceId) && FAILED.includes(t.phase))
       .map((t) => `${t.deviceId}: ${t.code ?? t.phase}`)
       .join(', ');
   }
 
   async #rollBackDevices(id: string, deploymentId: string, reason: string): Promise<void> {
-    const deployment = this.#deployments.get(deploymentId);
-    const mine = new Set((this.#db.prepare('SELECT device_id FROM rollout_devices WHERE rollout_id = ?').all(id) as { device_id: string }[]).map((d) => d.device_id));
-    for (const t of this.#deployments.targets(deploymentId)) {
+    const deployment = await this.#deployments.get(deploymentId);
+    const mine = new Set((await this.#db.all<{ device_id: string }>('SELECT device_id FROM rollout_devices WHERE rollout_id = ?', id)).map((d) => d.device_id));
+    for (const t of await this.#deployments.targets(deploymentId)) {
       if (!mine.has(t.deviceId) || t.phase !== 'COMMITTED') continue;
       await this.#commands.send(t.deviceId, { rollback: { deploymentId, model: deployment.model, reason } });
     }
   }
 
-  #set(id: string, state: RolloutState, reason: string | undefined, from?: readonly RolloutState[]): void {
-    const r = this.#row(id);
+  async #set(id: string, state: RolloutState, reason: string | undefined, from?: readonly RolloutState[]): Promise<void> {
+    const r = await this.#row(id);
     if (from !== undefined && !from.includes(r.state)) throw new FleetError('EAI_FLEET_ROLLOUT_STATE', `rollout ${id} is ${r.state}; it can only be ${state === 'paused' ? 'paused while running' : 'resumed while paused'}.`, { details: { id, state: r.state } });
-    this.#db.prepare('UPDATE rollouts SET state = ?, reason = ?, updated_ms = ? WHERE id = ?').run(state, reason ?? null, this.#now(), id);
+    await this.#db.run('UPDATE rollouts SET state = ?, reason = ?, updated_ms = ? WHERE id = ?', state, reason ?? null, this.#now(), id);
   }
 
-  #row(id: string): RolloutRow {
-    const r = this.#db.prepare('SELECT * FROM rollouts WHERE id = ?').get(id) as RolloutRow | undefined;
+  async #row(id: string): Promise<RolloutRow> {
+    const r = await this.#db.get<RolloutRow>('SELECT * FROM rollouts WHERE id = ?', id);
     if (r === undefined) throw new FleetError('EAI_FLEET_ROLLOUT_UNKNOWN', `there is no rollout '${id}'; list them with aios fleet rollouts.`, { details: { id } });
     return r;
   }

@@ -58,3 +58,12 @@ export function topicLevel(what: string, value: string): string {
   }
   return value;
 }
+
+/**
+ * `filter` as a member of MQTT shared-subscription group `group` (`$share/<group>/<filter>`), so
+ * that each message reaches one subscriber of the group: how controller replicas split the
+ * fleet's traffic. Mosquitto offers it to MQTT 3.1.1 clients too; undefined: a plain filter.
+ */
+export function sharedFilter(group: string | undefined, filter: string): string {
+  return group === undefined ? filter : `$share/${topicLevel('shared subscription group', group)}/${filter}`;
+}

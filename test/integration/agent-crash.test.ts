@@ -41,7 +41,7 @@ beforeAll(async () => {
   mkdirSync(dir, { recursive: true });
   await TrustStore.init(path.join(dir, 'trust'), root);
   writeFileSync(path.join(dir, 'fleet-ca.pem'), controller.ca.certificatePem);
-  writeFileSync(path.join(dir, 'token'), controller.enrolment.issueToken({ validForMs: 3_600_000, deviceId: 'robot-1' }).token);
+  writeFileSync(path.join(dir, 'token'), (await controller.enrolment.issueToken({ validForMs: 3_600_000, deviceId: 'robot-1' })).token);
   writeFileSync(
     path.join(dir, 'agent.yaml'),
     `fleet: warehouse\ndevice: robot-1\nbroker: ${controller.urls.broker}\ncontroller: ${controller.urls.enrol}\nca: fleet-ca.pem\ntoken: token\nstate: state\ntrust: trust\nmodels: models\ntelemetry: { interval: 1s, spool: 1MiB }\nota: { window: 4 }\n`,
@@ -71,14 +71,14 @@ describe('an agent killed during an OTA deployment', () => {
     const chunks = Math.ceil(d.bundleSize / d.chunkSize);
     // First boot: the agent enrols and comes online; then it is given the deployment.
     const first = startChild();
-    await until(() => controller.registry.get('robot-1')?.state === 'online', 60_000);
+    await until(async () => (await controller.registry.get('robot-1'))?.state === 'online', 60_000);
     await controller.deployments.target(d.id, ['robot-1']);
     await new Promise((r) => setTimeout(r, 300));
     first.kill('SIGKILL');
     await once(first, 'exit');
-    const phase = (): string => controller.deployments.targets(d.id)[0]?.phase ?? '';
+    const phase = async (): Promise<string> => (await controller.deployments.targets(d.id))[0]?.phase ?? '';
     let kills = 0;
-    while (kills < ITERATIONS && phase() !== 'COMMITTED') {
+    while (kills < ITERATIONS && (await phase()) !== 'COMMITTED') {
       const child = startChild();
       const exited = once(child, 'exit');
       await new Promise((r) => setTimeout(r, 150 + Math.random() * 900));
@@ -92,7 +92,7 @@ describe('an agent killed during an OTA deployment', () => {
     // A last run, not killed, finishes whatever is left.
     const child = startChild();
     try {
-      await until(() => phase() === 'COMMITTED', 90_000);
+      await until(async () => (await phase()) === 'COMMITTED', 90_000);
     } finally {
       child.kill('SIGTERM');
       await once(child, 'exit');

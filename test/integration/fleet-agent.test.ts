@@ -46,7 +46,7 @@ async function provision(device: string, extra: Record<string, unknown> = {}): P
   mkdirSync(dir, { recursive: true });
   await TrustStore.init(path.join(dir, 'trust'), root);
   writeFileSync(path.join(dir, 'fleet-ca.pem'), controller.ca.certificatePem);
-  const { token } = controller.enrolment.issueToken({ validForMs: 600_000, deviceId: device, labels: { site: 'madrid' } });
+  const { token } = (await controller.enrolment.issueToken({ validForMs: 600_000, deviceId: device, labels: { site: 'madrid' } }));
   writeFileSync(path.join(dir, 'token'), `${token}\n`, { mode: 0o600 });
   writeFileSync(
     path.join(dir, 'pipeline.yaml'),
@@ -81,12 +81,12 @@ async function startAgent(config: AgentConfig): Promise<Agent> {
 describe('a device agent and the fleet controller', () => {
   it('enrols with its token, comes online with its birth, and reports telemetry from its pipeline and hardware', async () => {
     await startAgent(await provision('robot-1'));
-    await until(() => controller.registry.get('robot-1')?.state === 'online', 15_000);
-    await until(() => (controller.registry.get('robot-1')?.telemetrySequence ?? -1) >= 2, 15_000);
-    const device = controller.registry.get('robot-1');
+    await until(async () => (await controller.registry.get('robot-1'))?.state === 'online', 15_000);
+    await until(async () => ((await controller.registry.get('robot-1'))?.telemetrySequence ?? -1) >= 2, 15_000);
+    const device = (await controller.registry.get('robot-1'));
     expect(device).toMatchObject({ deviceId: 'robot-1', state: 'online', labels: { site: 'madrid', kind: 'amr' }, pipelines: [{ name: 'front-camera', state: 'RUNNING' }], lastCommandSequence: 0, telemetryDropped: 0 });
     expect(device?.accelerators.length).toBeGreaterThan(0);
-    const birth = controller.registry.birth('robot-1');
+    const birth = (await controller.registry.birth('robot-1'));
     expect(birth?.hardware?.model).toMatch(/Orin/u);
     expect(Number(birth?.trustRootVersion)).toBe(1);
   });
@@ -95,14 +95,16 @@ describe('a device agent and the fleet controller', () => {
     const stop = await controller.commands.send('robot-1', { stopPipeline: { name: 'front-camera' } });
     expect(stop.sequence).toBe(1);
     expect((await controller.commands.until('robot-1', 1, ['done', 'failed', 'rejected'], 15_000)).status).toBe('done');
-    await until(() => controller.registry.get('robot-1')?.pipelines[0]?.state === 'STOPPED', 10_000);
+    await until(async () => (await controller.registry.get('robot-1'))?.pipelines[0]?.state === 'STOPPED', 10_000);
     await controller.commands.send('robot-1', { startPipeline: { name: 'front-camera' } });
     expect((await controller.commands.until('robot-1', 2, ['done', 'failed', 'rejected'], 15_000)).status).toBe('done');
     await controller.commands.send('robot-1', { stopPipeline: { name: 'no-such-pipeline' } });
     expect(await controller.commands.until('robot-1', 3, ['done', 'failed', 'rejected'], 15_000)).toMatchObject({ status: 'failed', code: 'EAI_AGENT_PIPELINE_UNKNOWN' });
     // An attacker on the broker replays command 1 (the controller's client stands in: devices cannot publish commands).
     const replay = signCommand({ fleet: 'warehouse', deviceId: 'robot-1', sequence: 1, issuedUnixMs: Date.now(), expiresUnixMs: Date.now() + 60_000, stopPipeline: { name: 'front-camera' } }, [ops1, ops2]);
-    const rejected = new Promise<aios.fleet.v1.CommandAck>((resolve) => controller.registry.onAck((d, ack) => d === 'robot-1' && ack.result === aios.fleet.v1.CommandAck.Result.REJECTED && resolve(ack)));
+    const rejected = new Promise<aios.fleet.v1.CommandAck>((resolve) => controller.registry.onAck((d, ack) => {
+      if (d === 'robot-1' && ack.result === aios.fleet.v1.CommandAck.Result.REJECTED) resolve(ack);
+    }));
     // Someone with the rights to publish commands (a second controller) replays command 1.
     const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const replica = await mqtt.connectAsync(controller.urls.broker, {
@@ -116,7 +118,7 @@ describe('a device agent and the fleet controller', () => {
     await replica.publishAsync(deviceTopic('warehouse', 'robot-1', 'commands'), Buffer.from(replay), { qos: 1 });
     await replica.endAsync();
     expect((await rejected).code).toBe('EAI_FLEET_COMMAND_REPLAYED');
-    expect(controller.registry.get('robot-1')?.pipelines[0]?.state).toBe('RUNNING');
+    expect((await controller.registry.get('robot-1'))?.pipelines[0]?.state).toBe('RUNNING');
   });
 
   it("setConfig replaces a pipeline's configuration: validated first, and a bad one changes nothing", async () => {
@@ -126,27 +128,27 @@ describe('a device agent and the fleet controller', () => {
       return controller.commands.until('robot-1', c.sequence, ['done', 'failed', 'rejected'], 20_000);
     };
     expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: config('  tiny: { use: image.resize, params: { width: 16, height: 12 } }') } })).toMatchObject({ status: 'done' });
-    await until(() => controller.registry.get('robot-1')?.stages.some((st) => st.stage === 'front-camera/tiny') === true, 15_000);
+    await until(async () => (await controller.registry.get('robot-1'))?.stages.some((st) => st.stage === 'front-camera/tiny') === true, 15_000);
     expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: 'name: [unclosed' } })).toMatchObject({ status: 'failed', code: 'EAI_AGENT_CONFIG' });
     expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: config('  tiny: { use: image.no-such-stage }') } })).toMatchObject({ status: 'failed', code: 'EAI_CFG_INVALID' });
     expect(await send({ setConfig: { pipeline: 'front-camera', configYaml: config('').replace('name: front-camera', 'name: other') } })).toMatchObject({ status: 'failed', code: 'EAI_AGENT_CONFIG' });
-    expect(controller.registry.get('robot-1')?.pipelines[0]?.state).toBe('RUNNING');
-    const seq = controller.registry.get('robot-1')?.telemetrySequence ?? 0;
-    await until(() => (controller.registry.get('robot-1')?.telemetrySequence ?? 0) > seq + 2, 15_000);
-    expect(controller.registry.get('robot-1')?.stages.map((st) => st.stage)).toContain('front-camera/tiny');
+    expect((await controller.registry.get('robot-1'))?.pipelines[0]?.state).toBe('RUNNING');
+    const seq = (await controller.registry.get('robot-1'))?.telemetrySequence ?? 0;
+    await until(async () => ((await controller.registry.get('robot-1'))?.telemetrySequence ?? 0) > seq + 2, 15_000);
+    expect((await controller.registry.get('robot-1'))?.stages.map((st) => st.stage)).toContain('front-camera/tiny');
   });
 
   it('goes offline cleanly on stop, and its queued commands wait for it and run when it returns', async () => {
     const config = await provision('robot-2');
     const agent = await startAgent(config);
-    await until(() => controller.registry.get('robot-2')?.state === 'online', 15_000);
+    await until(async () => (await controller.registry.get('robot-2'))?.state === 'online', 15_000);
     await agent.stop();
-    await until(() => controller.registry.get('robot-2')?.state === 'offline', 10_000);
+    await until(async () => (await controller.registry.get('robot-2'))?.state === 'offline', 10_000);
     const sent = await controller.commands.send('robot-2', { stopPipeline: { name: 'front-camera' } });
-    expect(controller.commands.get('robot-2', sent.sequence)?.status).toBe('sent');
+    expect((await controller.commands.get('robot-2', sent.sequence))?.status).toBe('sent');
     await startAgent(config); // second boot: the certificate is on disk, no token needed
     expect((await controller.commands.until('robot-2', sent.sequence, ['done', 'failed', 'rejected'], 15_000)).status).toBe('done');
-    await until(() => controller.registry.get('robot-2')?.state === 'online', 10_000);
+    await until(async () => (await controller.registry.get('robot-2'))?.state === 'online', 10_000);
   });
 
   it('aios fleet: a token from the CLI enrols a device; devices and show report it and its commands', async () => {
@@ -156,7 +158,7 @@ describe('a device agent and the fleet controller', () => {
     const config = await provision('robot-3');
     writeFileSync(config.token as string, `${token}\n`);
     await startAgent(config);
-    await until(() => controller.registry.get('robot-3')?.state === 'online', 15_000);
+    await until(async () => (await controller.registry.get('robot-3'))?.state === 'online', 15_000);
     const listed = await runCli('fleet', 'devices', '--api', controller.urls.api, '--json');
     const devices = JSON.parse(listed.stdout) as { deviceId: string; state: string; labels: Record<string, string> }[];
     expect(devices.find((d) => d.deviceId === 'robot-3')).toMatchObject({ state: 'online', labels: { site: 'lisbon', kind: 'amr' } });

@@ -69,9 +69,9 @@ beforeAll(async () => {
   mkdirSync(dir, { recursive: true });
   await TrustStore.init(path.join(dir, 'trust'), root);
   writeFileSync(path.join(dir, 'fleet-ca.pem'), prepared.ca.certificatePem);
-  writeFileSync(path.join(dir, 'token'), controller.enrolment.issueToken({ validForMs: 600_000, deviceId: 'robot-1' }).token);
+  writeFileSync(path.join(dir, 'token'), (await controller.enrolment.issueToken({ validForMs: 600_000, deviceId: 'robot-1' })).token);
   agent = await Agent.start(parseAgentConfig({ fleet: FLEET, device: 'robot-1', broker: `mqtts://127.0.0.1:${brokerPort}`, controller: controller.urls.enrol, ca: 'fleet-ca.pem', token: 'token', state: 'state', trust: 'trust', models: 'models', telemetry: { interval: '100ms', spool: '1MiB' } }, path.join(dir, 'agent.yaml')), { sysroot: path.join(SYSROOTS, 'x86-server') });
-  await until(() => controller.registry.get('robot-1')?.state === 'online', 20_000);
+  await until(async () => (await controller.registry.get('robot-1'))?.state === 'online', 20_000);
 }, 60_000);
 afterAll(async () => {
   await agent?.stop();
@@ -100,15 +100,15 @@ describe.skipIf(MOSQUITTO === undefined)('fleet faults on a real Mosquitto', () 
     // Every record from the first seen to the last spooled arrived; in order per connection.
     expect(seen.slice(0, target - first + 1)).toEqual(Array.from({ length: target - first + 1 }, (_, i) => first + i));
     expect(agent.spoolStats().dropped).toBe(0);
-    await until(() => controller.registry.get('robot-1')?.state === 'online', 20_000);
-    await until(() => (controller.registry.get('robot-1')?.telemetrySequence ?? 0) >= target, 20_000);
+    await until(async () => (await controller.registry.get('robot-1'))?.state === 'online', 20_000);
+    await until(async () => ((await controller.registry.get('robot-1'))?.telemetrySequence ?? 0) >= target, 20_000);
   });
 
   it('garbage in a device’s own topics is dropped and counted; the controller and that device carry on', async () => {
     // A second device, enrolled with a CSR made here, that misbehaves.
-    const token = controller.enrolment.issueToken({ validForMs: 60_000, deviceId: 'robot-bad' }).token;
+    const token = (await controller.enrolment.issueToken({ validForMs: 60_000, deviceId: 'robot-bad' })).token;
     const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const enrolled = controller.enrolment.enrol(createCsr({ privateKey, commonName: 'robot-bad', challengePassword: token }));
+    const enrolled = (await controller.enrolment.enrol(createCsr({ privateKey, commonName: 'robot-bad', challengePassword: token })));
     const bad = await mqtt.connectAsync(`mqtts://127.0.0.1:${brokerPort}`, { clientId: 'robot-bad', protocolVersion: 4, reconnectPeriod: 0, ca: enrolled.caCertificatePem, cert: enrolled.certificatePem, key: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() });
     const before = controller.registry.counts.dropped;
     await bad.publishAsync(deviceTopic(FLEET, 'robot-bad', 'telemetry'), Buffer.from('not protobuf \u0000\u00ff\u00ff\u00ff'), { qos: 1 });
@@ -117,10 +117,10 @@ describe.skipIf(MOSQUITTO === undefined)('fleet faults on a real Mosquitto', () 
     await bad.publishAsync(deviceTopic(FLEET, 'robot-bad', 'birth'), Buffer.from(aios.fleet.v1.DeviceBirth.encode({ deviceId: 'robot-1', fleet: FLEET }).finish()), { qos: 1 });
     // A well-formed record afterwards is taken.
     await bad.publishAsync(deviceTopic(FLEET, 'robot-bad', 'telemetry'), Buffer.from(aios.fleet.v1.Telemetry.encode({ timeUnixMs: Date.now(), sequence: 1, device: { cpuPercent: 12 } }).finish()), { qos: 1 });
-    await until(() => controller.registry.get('robot-bad')?.telemetrySequence === 1, 10_000);
+    await until(async () => (await controller.registry.get('robot-bad'))?.telemetrySequence === 1, 10_000);
     expect(controller.registry.counts.dropped - before).toBeGreaterThanOrEqual(3);
-    expect(controller.registry.get('robot-1')?.state).toBe('online');
-    expect(controller.registry.birth('robot-1')?.deviceId).toBe('robot-1');
+    expect((await controller.registry.get('robot-1'))?.state).toBe('online');
+    expect((await controller.registry.birth('robot-1'))?.deviceId).toBe('robot-1');
     await bad.endAsync();
     // Oversized: the broker's max_packet_size (2 MiB + headers) closes that connection; nothing reaches the controller.
     const big = await mqtt.connectAsync(`mqtts://127.0.0.1:${brokerPort}`, { clientId: 'robot-bad', protocolVersion: 4, reconnectPeriod: 0, ca: enrolled.caCertificatePem, cert: enrolled.certificatePem, key: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() });
@@ -131,6 +131,6 @@ describe.skipIf(MOSQUITTO === undefined)('fleet faults on a real Mosquitto', () 
     const events = controller.registry.counts.events;
     await new Promise((r) => setTimeout(r, 300));
     expect(controller.registry.counts.events).toBe(events);
-    expect(controller.registry.get('robot-1')?.state).toBe('online');
+    expect((await controller.registry.get('robot-1'))?.state).toBe('online');
   });
 });

@@ -57,7 +57,7 @@ beforeAll(async () => {
   mkdirSync(dir, { recursive: true });
   await TrustStore.init(path.join(dir, 'trust'), root);
   writeFileSync(path.join(dir, 'fleet-ca.pem'), controller.ca.certificatePem);
-  writeFileSync(path.join(dir, 'token'), controller.enrolment.issueToken({ validForMs: 600_000, deviceId: 'robot-1' }).token);
+  writeFileSync(path.join(dir, 'token'), (await controller.enrolment.issueToken({ validForMs: 600_000, deviceId: 'robot-1' })).token);
   writeFileSync(path.join(dir, 'device.age.key'), `${deviceKey.encode()}\n`, { mode: 0o600 });
   writeFileSync(
     path.join(dir, 'faces.yaml'),
@@ -80,7 +80,7 @@ beforeAll(async () => {
     path.join(dir, 'agent.yaml'),
   );
   agent = await Agent.start(config, { sysroot: path.join(SYSROOTS, 'x86-server') });
-  await until(() => controller.registry.get('robot-1')?.state === 'online', 15_000);
+  await until(async () => (await controller.registry.get('robot-1'))?.state === 'online', 15_000);
 });
 afterAll(async () => {
   await agent?.stop();
@@ -89,19 +89,19 @@ afterAll(async () => {
 });
 
 async function settled(deploymentId: string): Promise<TargetStatus> {
-  await until(() => ['COMMITTED', 'ROLLED_BACK', 'FAILED'].includes(controller.deployments.targets(deploymentId)[0]?.phase ?? ''), 60_000);
-  return controller.deployments.targets(deploymentId)[0] as TargetStatus;
+  await until(async () => ['COMMITTED', 'ROLLED_BACK', 'FAILED'].includes((await controller.deployments.targets(deploymentId))[0]?.phase ?? ''), 60_000);
+  return (await controller.deployments.targets(deploymentId))[0] as TargetStatus;
 }
 
 describe('OTA model deployment', () => {
   it('installs a first version: the pipeline that was waiting for the model starts, passes its health window, and the device commits', async () => {
-    expect(controller.registry.get('robot-1')?.pipelines).toEqual([{ name: 'faces', state: 'WAITING_FOR_MODEL' }]);
+    expect((await controller.registry.get('robot-1'))?.pipelines).toEqual([{ name: 'faces', state: 'WAITING_FOR_MODEL' }]);
     const d = await controller.deployments.create(await bundle('face', '1.0.0', 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx', 'face.onnx'), { health: { windowS: 1, maxErrorRate: 0 }, chunkSize: 64 * 1024 });
     await controller.deployments.target(d.id, ['robot-1']);
     expect(await settled(d.id)).toMatchObject({ phase: 'COMMITTED', bytesDone: d.bundleSize });
-    await until(() => controller.registry.get('robot-1')?.models[0]?.active === '1.0.0', 10_000);
-    expect(controller.registry.get('robot-1')?.pipelines).toEqual([{ name: 'faces', state: 'RUNNING' }]);
-    const phases = controller.registry.events('robot-1', 50).map((e) => (e.detail as { phase?: string } | undefined)?.phase).filter((p) => p !== undefined).reverse();
+    await until(async () => (await controller.registry.get('robot-1'))?.models[0]?.active === '1.0.0', 10_000);
+    expect((await controller.registry.get('robot-1'))?.pipelines).toEqual([{ name: 'faces', state: 'RUNNING' }]);
+    const phases = (await controller.registry.events('robot-1', 50)).map((e) => (e.detail as { phase?: string } | undefined)?.phase).filter((p) => p !== undefined).reverse();
     expect(phases).toEqual(expect.arrayContaining(['DOWNLOADING', 'VERIFYING', 'ACTIVATING', 'HEALTH_CHECK', 'COMMITTED']));
     expect(phases.indexOf('COMMITTED')).toBeGreaterThan(phases.indexOf('HEALTH_CHECK'));
   });
@@ -110,26 +110,26 @@ describe('OTA model deployment', () => {
     const d = await controller.deployments.create(await bundle('face', '2.0.0', 'models/zoo/blazeface-short-range-tflite/face_detection_short_range.tflite', 'face.tflite', { encrypt: true }), { health: { windowS: 1, maxErrorRate: 0 } });
     await controller.deployments.target(d.id, ['robot-1']);
     expect((await settled(d.id)).phase).toBe('COMMITTED');
-    await until(() => controller.registry.get('robot-1')?.models[0]?.active === '2.0.0', 10_000);
-    expect(controller.registry.get('robot-1')?.models[0]).toEqual({ model: 'face', active: '2.0.0', previous: '1.0.0' });
-    expect(controller.registry.get('robot-1')?.pipelines[0]?.state).toBe('RUNNING');
+    await until(async () => (await controller.registry.get('robot-1'))?.models[0]?.active === '2.0.0', 10_000);
+    expect((await controller.registry.get('robot-1'))?.models[0]).toEqual({ model: 'face', active: '2.0.0', previous: '1.0.0' });
+    expect((await controller.registry.get('robot-1'))?.pipelines[0]?.state).toBe('RUNNING');
   });
 
   it('rolls back by itself a version the running pipeline cannot take, and reports why', async () => {
     const d = await controller.deployments.create(await bundle('face', '3.0.0', 'models/zoo/blazeface-back-256/face_detection_back_256x256_barracuda.onnx', 'face.onnx'), { health: { windowS: 1, maxErrorRate: 0 } });
     await controller.deployments.target(d.id, ['robot-1']);
     expect(await settled(d.id)).toMatchObject({ phase: 'ROLLED_BACK', code: 'EAI_MODEL_SWAP_INCOMPATIBLE' });
-    await until(() => controller.registry.get('robot-1')?.models[0]?.active === '2.0.0', 10_000);
+    await until(async () => (await controller.registry.get('robot-1'))?.models[0]?.active === '2.0.0', 10_000);
     // The FAILED ack follows the ROLLED_BACK event through the device's spool.
-    await until(() => controller.commands.list('robot-1', 1)[0]?.status === 'failed', 10_000);
-    expect(controller.commands.list('robot-1', 1)[0]).toMatchObject({ action: 'deploy', status: 'failed', code: 'EAI_MODEL_SWAP_INCOMPATIBLE' });
-    expect(controller.registry.get('robot-1')?.pipelines[0]?.state).toBe('RUNNING');
+    await until(async () => (await controller.commands.list('robot-1', 1))[0]?.status === 'failed', 10_000);
+    expect((await controller.commands.list('robot-1', 1))[0]).toMatchObject({ action: 'deploy', status: 'failed', code: 'EAI_MODEL_SWAP_INCOMPATIBLE' });
+    expect((await controller.registry.get('robot-1'))?.pipelines[0]?.state).toBe('RUNNING');
   });
 
   it('refuses a bundle not signed by the models role: nothing is installed', async () => {
     const d = await controller.deployments.create(await bundle('face', '4.0.0', 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx', 'face.onnx', { key: rogue }), { health: { windowS: 1, maxErrorRate: 0 } });
     await controller.deployments.target(d.id, ['robot-1']);
     expect(await settled(d.id)).toMatchObject({ phase: 'FAILED', code: 'EAI_BUNDLE_SIGNATURE_UNKNOWN_KEY' });
-    expect(controller.registry.get('robot-1')?.models[0]).toEqual({ model: 'face', active: '2.0.0', previous: '1.0.0' });
+    expect((await controller.registry.get('robot-1'))?.models[0]).toEqual({ model: 'face', active: '2.0.0', previous: '1.0.0' });
   });
 });

@@ -56,7 +56,7 @@ beforeAll(async () => {
     mkdirSync(dir, { recursive: true });
     await TrustStore.init(path.join(dir, 'trust'), root);
     writeFileSync(path.join(dir, 'fleet-ca.pem'), controller.ca.certificatePem);
-    writeFileSync(path.join(dir, 'token'), controller.enrolment.issueToken({ validForMs: 600_000, deviceId: device, labels: { site: 'madrid' } }).token);
+    writeFileSync(path.join(dir, 'token'), (await controller.enrolment.issueToken({ validForMs: 600_000, deviceId: device, labels: { site: 'madrid' } })).token);
     writeFileSync(
       path.join(dir, 'faces.yaml'),
       'name: faces\nsources:\n  camera: { use: synthetic, params: { pattern: color-bars, rate: 10, width: 160, height: 120, format: rgb24 } }\nstages:\n  resize: { use: image.resize, params: { width: 128, height: 128 } }\n  normalize: { use: image.normalize, params: { scale: 0.00784313725490196, offset: -1 } }\n  detect: { use: infer, params: { model: "store:face", devices: [cpu], threads: 1 } }\nsinks:\n  out: { use: callback }\nflows: [camera -> resize, resize -> normalize, normalize -> detect, detect -> out]\n',
@@ -64,7 +64,7 @@ beforeAll(async () => {
     const config = parseAgentConfig({ fleet: 'warehouse', device, broker: controller.urls.broker, controller: controller.urls.enrol, ca: 'fleet-ca.pem', token: 'token', state: 'state', trust: 'trust', models: 'models', telemetry: { interval: '500ms', spool: '1MiB' }, pipelines: ['faces.yaml'] }, path.join(dir, 'agent.yaml'));
     agents.push(await Agent.start(config, { sysroot: path.join(SYSROOTS, sysroot) }));
   }
-  await until(() => controller.registry.list().filter((d) => d.state === 'online').length === 3, 20_000);
+  await until(async () => (await controller.registry.list()).filter((d) => d.state === 'online').length === 3, 20_000);
 });
 afterAll(async () => {
   for (const a of agents) await a.stop();
@@ -73,11 +73,12 @@ afterAll(async () => {
 });
 
 async function finished(id: string): Promise<RolloutStatus> {
-  await until(() => !['running'].includes(controller.rollouts.status(id).state), 90_000);
-  return controller.rollouts.status(id);
+  await until(async () => !['running'].includes((await controller.rollouts.status(id)).state), 90_000);
+  return (await controller.rollouts.status(id));
 }
 
-const active = (device: string): string | undefined => controller.registry.get(device)?.models[0]?.active;
+const active = async (device: string): Promise<string | undefined> => (await controller.registry.get(device))?.models[0]?.active;
+const everyActive = async (version: string): Promise<boolean> => (await Promise.all(DEVICES.map(([dev]) => active(dev)))).every((v) => v === version);
 
 describe('staged rollouts', () => {
   it('goes canary first, then everyone, each device committing after its health window', async () => {
@@ -85,14 +86,14 @@ describe('staged rollouts', () => {
     const started = await controller.rollouts.start({ deploymentId: d.id, target: { labels: { site: 'madrid' } }, stages: [{ name: 'canary', count: 1 }, { name: 'all', percent: 100 }] });
     expect(started.stages.map((s) => s.devices.length)).toEqual([1, 2]);
     // While the canary works, nobody else has been sent the deployment.
-    expect(controller.deployments.targets(d.id).map((t) => t.deviceId)).toEqual([started.stages[0]?.devices[0]]);
+    expect((await controller.deployments.targets(d.id)).map((t) => t.deviceId)).toEqual([started.stages[0]?.devices[0]]);
     const done = await finished(started.id);
     expect(done.state).toBe('completed');
     expect(done.stages.map((s) => [s.committed, s.failed])).toEqual([[1, 0], [2, 0]]);
-    const targets = controller.deployments.targets(d.id);
+    const targets = (await controller.deployments.targets(d.id));
     const canary = targets.find((t) => t.deviceId === started.stages[0]?.devices[0]);
     for (const t of targets) if (t !== canary) expect(t.sequence).toBeGreaterThan(0);
-    await until(() => DEVICES.every(([dev]) => active(dev) === '1.0.0'), 10_000);
+    await until(async () => (await everyActive('1.0.0')), 10_000);
   });
 
   it('stops when the canary fails: no other device is sent the broken version', async () => {
@@ -101,27 +102,27 @@ describe('staged rollouts', () => {
     const done = await finished(r.id);
     expect(done.state).toBe('rolled-back');
     expect(done.reason).toMatch(/stage 'canary': 1 of 1 devices failed \(robot-\w+: EAI_MODEL_SWAP_INCOMPATIBLE\)/u);
-    expect(controller.deployments.targets(d.id)).toHaveLength(1);
-    expect(DEVICES.every(([dev]) => active(dev) === '1.0.0')).toBe(true);
+    expect((await controller.deployments.targets(d.id))).toHaveLength(1);
+    expect((await everyActive('1.0.0'))).toBe(true);
   });
 
   it('pauses between stages, carries on after a controller restart, resumes, and rolls everyone back on request', async () => {
     const d = await controller.deployments.create(await V2(), { health: { windowS: 1, maxErrorRate: 0 } });
     const r = await controller.rollouts.start({ deploymentId: d.id, target: {}, stages: [{ name: 'canary', count: 1 }, { name: 'all', percent: 100 }] });
-    controller.rollouts.pause(r.id);
-    await until(() => controller.deployments.targets(d.id)[0]?.phase === 'COMMITTED', 60_000);
-    expect(controller.deployments.targets(d.id)).toHaveLength(1); // paused: stage 2 waits
+    (await controller.rollouts.pause(r.id));
+    await until(async () => (await controller.deployments.targets(d.id))[0]?.phase === 'COMMITTED', 60_000);
+    expect((await controller.deployments.targets(d.id))).toHaveLength(1); // paused: stage 2 waits
     // The controller goes down and comes back on the same state and ports; agents reconnect.
     await controller.stop();
     controller = await Controller.start(options);
-    expect(controller.rollouts.status(r.id)).toMatchObject({ state: 'paused', stage: 0 });
-    await until(() => controller.registry.list().filter((dev) => dev.state === 'online').length === 3, 30_000);
+    expect((await controller.rollouts.status(r.id))).toMatchObject({ state: 'paused', stage: 0 });
+    await until(async () => (await controller.registry.list()).filter((dev) => dev.state === 'online').length === 3, 30_000);
     await controller.rollouts.resume(r.id);
     expect((await finished(r.id)).state).toBe('completed');
-    await until(() => DEVICES.every(([dev]) => active(dev) === '2.0.0'), 15_000);
+    await until(async () => (await everyActive('2.0.0')), 15_000);
     await controller.rollouts.rollback(r.id, 'operator: detections look wrong');
-    await until(() => DEVICES.every(([dev]) => active(dev) === '1.0.0'), 30_000);
-    expect(controller.rollouts.status(r.id)).toMatchObject({ state: 'rolled-back', reason: 'operator: detections look wrong' });
+    await until(async () => (await everyActive('1.0.0')), 30_000);
+    expect((await controller.rollouts.status(r.id))).toMatchObject({ state: 'rolled-back', reason: 'operator: detections look wrong' });
   });
 
   it('aios fleet deploy | rollouts | pause: the same from the command line, with a live view that ends with the rollout', async () => {
@@ -138,6 +139,6 @@ describe('staged rollouts', () => {
     expect(list.stdout).toMatch(new RegExp(`${rollout.id}\\s+face 2\\.0\\.0\\s+completed`, 'u'));
     const paused = await runCli('fleet', 'pause', rollout.id, '--api', controller.urls.api);
     expect(paused.stderr).toMatch(/^error EAI_FLEET_ROLLOUT_STATE/u);
-    await until(() => DEVICES.every(([dev]) => active(dev) === '2.0.0'), 15_000);
+    await until(async () => (await everyActive('2.0.0')), 15_000);
   });
 });

@@ -35,6 +35,8 @@ interface StartOptions {
   deployKey: string[];
   hostname: string[];
   broker?: string;
+  store?: string;
+  name: string;
   bind: string;
   brokerPort: number;
   enrolPort: number;
@@ -64,6 +66,8 @@ export function controllerCommand(): Command {
     .addOption(new Option('--deploy-key <pem>', "a deploy-role private key that signs commands (repeat up to the trust root's deploy threshold)").argParser(collectList).default([]))
     .addOption(new Option('--hostname <name>', 'a name or address devices dial (repeat); goes into the server certificate').argParser(collectList).default([]))
     .option('--broker <url>', 'use this broker (mqtts://host:port) instead of the embedded one')
+    .addOption(new Option('--store <url>', 'keep the fleet in PostgreSQL (postgres://user@host:port/db; the password from PGPASSWORD or ~/.pgpass keeps it off the command line) instead of SQLite in --state: what controller replicas share').env('AIOS_CONTROLLER_STORE'))
+    .addOption(new Option('--name <name>', "this controller's MQTT name: aios-controller, or aios-controller-<suffix> for each further replica (list it in the broker ACL)").default('aios-controller'))
     .addOption(new Option('--bind <address>', 'address of the broker and enrolment listeners').default('0.0.0.0'))
     .addOption(new Option('--broker-port <n>', 'embedded broker (MQTT over TLS)').default(8883).argParser(positiveInt('--broker-port')))
     .addOption(new Option('--enrol-port <n>', 'enrolment (HTTPS)').default(8443).argParser(positiveInt('--enrol-port')))
@@ -71,7 +75,11 @@ export function controllerCommand(): Command {
     .addHelpText('after', `
 Example:
   aios controller start --fleet warehouse --state /var/lib/aios/controller \
-      --deploy-key /etc/aios/keys/ops-1.pem --deploy-key /etc/aios/keys/ops-2.pem --hostname fleet.example.com`)
+      --deploy-key /etc/aios/keys/ops-1.pem --deploy-key /etc/aios/keys/ops-2.pem --hostname fleet.example.com
+
+  A second replica (same state folder contents, same PostgreSQL, an external broker):
+  PGPASSWORD=... aios controller start --fleet warehouse --state /var/lib/aios/controller \
+      --deploy-key ... --broker mqtts://broker.lan:8883 --store postgres://aios@db.lan/fleet --name aios-controller-2`)
     .action(async (options: StartOptions) => {
       if (options.deployKey.length === 0) throw new UsageError('EAI_CLI_USAGE', "--deploy-key is required: commands are signed with the trust root's deploy keys (aios keys generate; list them in the root's deploy role).");
       const keys: SigningKey[] = [];
@@ -83,6 +91,8 @@ Example:
         deployKeys: keys,
         ...(options.hostname.length === 0 ? {} : { hostnames: options.hostname }),
         ...(options.broker === undefined ? {} : { broker: options.broker }),
+        ...(options.store === undefined ? {} : { store: options.store }),
+        name: options.name,
         brokerHost: options.bind,
         brokerPort: options.brokerPort,
         enrolHost: options.bind,
