@@ -72,6 +72,8 @@ export class Agent {
   readonly #store: ModelStore;
   readonly #decrypt: DecryptFactory | undefined;
   #resumed = false;
+  /** Connections to the broker so far: tells the controller a reconnect (re-send what is unacknowledged) from an updated birth. */
+  #connections = 0;
   readonly #abort = new AbortController();
   readonly #trust: TrustStore;
   readonly #gate: CommandGate;
@@ -215,6 +217,7 @@ export class Agent {
   #wire(): void {
     const { fleet, device } = this.config;
     this.#client.on('connect', () => {
+      this.#connections++;
       noDelay(this.#client);
       this.#log({ msg: 'connected', broker: this.config.broker });
       void this.#announce().catch((error: unknown) => this.#log({ msg: 'announce failed', error: String(error) }));
@@ -273,6 +276,7 @@ export class Agent {
       })),
       labels: { ...this.#identity.labels, ...this.config.labels },
       lastCommandSequence: this.#gate.lastSequence,
+      connection: this.#connections,
       trustRootVersion: this.#trust.root.signed.version,
     }).finish();
   }

@@ -5,7 +5,7 @@ import { signCommand, type CommandAction, type CommandSpec } from '../fleet/comm
 import { FleetError } from '../fleet/errors.js';
 import { deviceTopic } from '../fleet/topics.js';
 import { wholeNumber } from '../fleet/wire.js';
-import type { ControllerStore } from './store.js';
+import type { ControllerStore, Sql } from './store.js';
 
 /**
  * Commands from the controller to devices: each gets the device's next sequence number (one
@@ -58,6 +58,7 @@ export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
   async send(deviceId: string, body: CommandBody, options: { readonly ttlMs?: number } = {}): Promise<CommandRecord> {
     const now = this.#now();
     const expires = now + (options.ttlMs ?? this.#options.ttlMs ?? 3_600_000);
+    const topic = deviceTopic(this.#options.fleet, deviceId, 'commands');
     // The row lock of this UPDATE is what keeps two controller replicas from issuing one number twice.
     const { sequence, payload } = await this.#db.transaction(async (tx) => {
       const row = await tx.get<{ last_sequence: number }>('UPDATE devices SET last_sequence = last_sequence + 1 WHERE device_id = ? RETURNING last_sequence', deviceId);
@@ -66,9 +67,13 @@ export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
       const bytes = signCommand({ ...body, fleet: this.#options.fleet, deviceId, sequence: seq, issuedUnixMs: now, expiresUnixMs: expires }, this.#options.keys);
       const name = aios.fleet.v1.Command.decode(aios.fleet.v1.SignedCommand.decode(bytes).payload).action as CommandAction;
       await tx.run("INSERT INTO commands (device_id, sequence, action, payload, created_ms, expires_ms, status, updated_ms) VALUES (?, ?, ?, ?, ?, ?, 'sent', ?)", deviceId, seq, name, Buffer.from(bytes), now, expires, now);
+      // Shared by replicas: the device's row stays locked until the broker has the command, so
+      // another replica's next command to this device is published after it (a device refuses a
+      // lower sequence that arrives after a higher one). One controller publishes in order anyway.
+      if (this.#db.shared) await this.#options.publish(topic, bytes);
       return { sequence: seq, payload: bytes };
     });
-    await this.#options.publish(deviceTopic(this.#options.fleet, deviceId, 'commands'), payload);
+    if (!this.#db.shared) await this.#options.publish(topic, payload);
     const record = (await this.get(deviceId, sequence)) as CommandRecord;
     this.emit('update', record);
     return record;
@@ -81,16 +86,27 @@ export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
     const sequence = wholeNumber(ack.sequence);
     if (status === undefined || sequence === 0) return;
     // An ACCEPTED arriving after the DONE (replayed by the device's spool) must not move it back.
-    const changed = await this.#db.run(
-      "UPDATE commands SET status = ?, code = ?, message = ?, updated_ms = ? WHERE device_id = ? AND sequence = ? AND NOT (? = 'accepted' AND status IN ('done', 'failed', 'rejected'))",
-      status,
-      ack.code || null,
-      ack.message.slice(0, 4000) || null,
-      this.#now(),
-      deviceId,
-      sequence,
-      status,
-    );
+    // Forward only: sent → accepted → done | failed, or sent → rejected. Acks come at least once
+    // and copies of a command can arrive after it ran (a birth re-sends what is not yet
+    // acknowledged): the REJECTED of such a copy, or a replayed ACCEPTED, must not undo a result.
+    const update = (sql: Sql): Promise<number> =>
+      sql.run(
+        "UPDATE commands SET status = ?, code = ?, message = ?, updated_ms = ? WHERE device_id = ? AND sequence = ? AND (status = 'sent' OR (status = 'accepted' AND ? IN ('done', 'failed')))",
+        status,
+        ack.code || null,
+        ack.message.slice(0, 4000) || null,
+        this.#now(),
+        deviceId,
+        sequence,
+        status,
+      );
+    // Shared: the ack can come back before the sender's transaction commits; FOR SHARE waits for it.
+    const changed = this.#db.shared
+      ? await this.#db.transaction(async (tx) => {
+          await tx.get('SELECT device_id FROM devices WHERE device_id = ? FOR SHARE', deviceId);
+          return update(tx);
+        })
+      : await update(this.#db);
     if (changed === 1) this.emit('update', (await this.get(deviceId, sequence)) as CommandRecord);
   }
 

@@ -128,7 +128,11 @@ export class Controller {
     const brokerUrl = options.broker ?? (broker as FleetBroker).url.replace('mqtts://0.0.0.0:', 'mqtts://127.0.0.1:');
     let client: MqttClient;
     try {
-      client = await mqtt.connectAsync(brokerUrl, { clientId: name, protocolVersion: 4, clean: false, reconnectPeriod: 1000, connectTimeout: 15_000, ca: ca.certificatePem, cert: identity.cert, key: identity.key });
+      // One controller keeps a persistent session, so the broker queues device messages while it
+      // restarts. Replicas must not: the broker goes on handing an absent member of a shared
+      // subscription its share (queued for its return), which would stall half the fleet's
+      // traffic until then. With clean sessions the others get everything the moment one goes.
+      client = await mqtt.connectAsync(brokerUrl, { clientId: name, protocolVersion: 4, clean: share !== undefined, keepalive: share === undefined ? 60 : 15, reconnectPeriod: 1000, connectTimeout: 15_000, ca: ca.certificatePem, cert: identity.cert, key: identity.key });
     } catch (cause) {
       await broker?.close();
       await db.close();
@@ -147,7 +151,8 @@ export class Controller {
     // A QoS 1 message is acknowledged to the broker once the registry has room for it: when the
     // database falls behind (or is away), the broker's queue holds the rest, not this heap.
     client.handleMessage = (_packet, done) => void registry.admitted().then(() => done());
-    registry.onBirth((device, birth) => {
+    registry.onBirth((device, birth, reconnected) => {
+      if (!reconnected) return;
       commands.resend(device, wholeNumber(birth.lastCommandSequence)).catch((error: unknown) => log({ msg: 'resend failed', device, error: String(error) }));
     });
     const deployments = new Deployments(db, { state: options.state, commands, now });

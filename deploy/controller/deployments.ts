@@ -119,14 +119,23 @@ export class Deployments {
     for (let at = 0; at < digests.length; at += 32) chunkSha256.push(digests.subarray(at, at + 32));
     const health = JSON.parse(d.health) as HealthPolicy;
     for (const device of devices) {
-      if ((await this.#db.get('SELECT 1 AS one FROM deployment_targets WHERE deployment_id = ? AND device_id = ?', deploymentId, device)) !== undefined) continue;
-      const command = await this.#commands.send(
-        device,
-        { deploy: { deploymentId, model: d.model, version: d.version, bundleSize: d.bundle_size, bundleSha256: d.bundle_sha256, chunkSize: d.chunk_size, chunkSha256, pipelines: [...(options.pipelines ?? [])], health: { windowS: health.windowS, maxErrorRate: health.maxErrorRate, maxLatencyP99Ms: health.maxLatencyP99Ms } } },
-        // A big bundle on a slow link takes a while to start; the command itself only has to arrive.
-        { ttlMs: options.ttlMs ?? 24 * 3_600_000 },
-      );
-      await this.#db.run("INSERT INTO deployment_targets (deployment_id, device_id, sequence, phase, updated_ms) VALUES (?, ?, ?, 'sent', ?) ON CONFLICT DO NOTHING", deploymentId, device, command.sequence, this.#now());
+      // The target row first (sequence 0 until the command has one): the device's first chunk
+      // request may reach the bundle server, on any replica, before send() returns.
+      const claimed = await this.#db.run("INSERT INTO deployment_targets (deployment_id, device_id, sequence, phase, updated_ms) VALUES (?, ?, 0, 'sent', ?) ON CONFLICT DO NOTHING", deploymentId, device, this.#now());
+      if (claimed === 0) continue;
+      let command;
+      try {
+        command = await this.#commands.send(
+          device,
+          { deploy: { deploymentId, model: d.model, version: d.version, bundleSize: d.bundle_size, bundleSha256: d.bundle_sha256, chunkSize: d.chunk_size, chunkSha256, pipelines: [...(options.pipelines ?? [])], health: { windowS: health.windowS, maxErrorRate: health.maxErrorRate, maxLatencyP99Ms: health.maxLatencyP99Ms } } },
+          // A big bundle on a slow link takes a while to start; the command itself only has to arrive.
+          { ttlMs: options.ttlMs ?? 24 * 3_600_000 },
+        );
+      } catch (error) {
+        await this.#db.run("DELETE FROM deployment_targets WHERE deployment_id = ? AND device_id = ? AND sequence = 0 AND phase = 'sent'", deploymentId, device);
+        throw error;
+      }
+      await this.#db.run('UPDATE deployment_targets SET sequence = ? WHERE deployment_id = ? AND device_id = ?', command.sequence, deploymentId, device);
     }
     return this.targets(deploymentId);
   }

@@ -50,7 +50,8 @@ const HIGH_WATER = 20_000;
 
 export type AckListener = (deviceId: string, ack: aios.fleet.v1.CommandAck) => Promise<void> | void;
 export type EventListener = (deviceId: string, event: aios.fleet.v1.Event) => Promise<void> | void;
-export type BirthListener = (deviceId: string, birth: aios.fleet.v1.DeviceBirth) => void;
+/** `reconnected`: the birth starts a new connection of the agent (or is the first seen), rather than updating the last one. */
+export type BirthListener = (deviceId: string, birth: aios.fleet.v1.DeviceBirth, reconnected: boolean) => void;
 
 interface Received {
   readonly device: string;
@@ -248,12 +249,15 @@ export class DeviceRegistry {
     const { device, at } = m;
     if (d.birth !== undefined) {
       const birth = d.birth;
-      const row = await tx.get<{ labels: string }>('SELECT labels FROM devices WHERE device_id = ?', device);
+      const row = await tx.get<{ labels: string; birth: Uint8Array | null }>('SELECT labels, birth FROM devices WHERE device_id = ?', device);
       const labels = { ...(JSON.parse(row?.labels ?? '{}') as Record<string, string>), ...birth.labels };
+      // Births are retained: a controller (re)subscribing gets the last one again, which is no reconnect.
+      const last = row?.birth == null ? undefined : aios.fleet.v1.DeviceBirth.decode(row.birth);
+      const reconnected = last === undefined || last.bootId !== birth.bootId || wholeNumber(last.startedUnixMs) !== wholeNumber(birth.startedUnixMs) || last.connection !== birth.connection;
       await tx.run('UPDATE devices SET birth = ?, boot_id = ?, runtime_version = ?, labels = ?, last_seen_ms = ?, last_sequence = GREATEST(last_sequence, ?) WHERE device_id = ?', Buffer.from(m.payload), birth.bootId, birth.runtimeVersion, JSON.stringify(labels), at, wholeNumber(birth.lastCommandSequence), device);
       this.counts.births++;
       after.push(() => {
-        for (const l of this.#birthListeners) l(device, birth);
+        for (const l of this.#birthListeners) l(device, birth, reconnected);
       });
     } else if (d.state !== undefined) {
       await tx.run("UPDATE devices SET state = ?, state_ms = ?, last_seen_ms = CASE WHEN ? = 'online' THEN ? ELSE last_seen_ms END WHERE device_id = ?", d.state, at, d.state, at, device);
