@@ -29,6 +29,7 @@ import { describeHardware } from './hardware.js';
 import { noDelay } from '../fleet/no-delay.js';
 import { Publisher } from './publisher.js';
 import { TelemetrySampler } from './telemetry.js';
+import { Tpm } from '../../drivers/tpm/tpm.js';
 
 /**
  * `aios agent`: a device's side of the fleet. It enrols on first boot, connects to the broker
@@ -117,7 +118,7 @@ export class Agent {
 
   static async start(config: AgentConfig, options: AgentOptions): Promise<Agent> {
     const log = options.log ?? (() => undefined);
-    const identity = await ensureEnrolled({ device: config.device, state: config.state, ca: config.ca, ...(config.controller === undefined ? {} : { controller: config.controller }), ...(config.token === undefined ? {} : { token: config.token }) });
+    const identity = await ensureEnrolled({ device: config.device, state: config.state, ca: config.ca, ...(config.controller === undefined ? {} : { controller: config.controller }), ...(config.token === undefined ? {} : { token: config.token }), ...(config.tpm === undefined ? {} : { tpm: new Tpm({ tcti: config.tpm }) }) });
     let trust: TrustStore;
     try {
       trust = await TrustStore.open(config.trust);

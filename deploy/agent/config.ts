@@ -22,6 +22,7 @@ import { isTopicLevel } from '../fleet/topics.js';
  * labels: { site: madrid, kind: amr }
  * telemetry: { interval: 10s, spool: 64MiB }
  * pipelines: [ /etc/aios/pipelines/front-camera.yaml ]
+ * attestation: { tpm: "device:/dev/tpmrm0" }   # the TPM (a tpm2-tools TCTI); none: software attestation
  * ```
  */
 export interface AgentConfig {
@@ -42,9 +43,11 @@ export interface AgentConfig {
   readonly pipelines: readonly string[];
   /** Chunks of a bundle download in flight (flow control). */
   readonly otaWindow: number;
+  /** The TPM's TCTI (`device:/dev/tpmrm0`, `swtpm:host=…,port=…`); absent: no TPM, software attestation. */
+  readonly tpm?: string;
 }
 
-const KEYS = new Set(['fleet', 'device', 'broker', 'controller', 'ca', 'token', 'state', 'trust', 'models', 'identity', 'labels', 'telemetry', 'pipelines', 'ota']);
+const KEYS = new Set(['fleet', 'device', 'broker', 'controller', 'ca', 'token', 'state', 'trust', 'models', 'identity', 'labels', 'telemetry', 'pipelines', 'ota', 'attestation']);
 
 /** Reads and checks `file`; FleetError `EAI_AGENT_CONFIG` lists every problem at once. */
 export async function loadAgentConfig(file: string): Promise<AgentConfig> {
@@ -127,6 +130,18 @@ export function parseAgentConfig(raw: unknown, file: string): AgentConfig {
     if (typeof w !== 'number' || !Number.isInteger(w) || w < 1 || w > 256) problems.push("'ota.window' must be a whole number from 1 to 256 (chunks in flight)");
     else otaWindow = w;
   }
+  let tpm: string | undefined;
+  if (o['attestation'] !== undefined) {
+    const a = o['attestation'] as Record<string, unknown> | null;
+    if (typeof a !== 'object' || a === null) problems.push("'attestation' must be a mapping { tpm: <TCTI> }");
+    else {
+      for (const k of Object.keys(a)) if (k !== 'tpm') problems.push(`unknown key 'attestation.${k}'`);
+      if (a['tpm'] !== undefined) {
+        if (typeof a['tpm'] !== 'string' || !/^(device|swtpm|mssim|tabrmd)(:[^\s]*)?$/u.test(a['tpm'])) problems.push("'attestation.tpm' must be a tpm2-tools TCTI: device:/dev/tpmrm0, swtpm:host=HOST,port=PORT, mssim:… or tabrmd");
+        else tpm = a['tpm'];
+      }
+    }
+  }
   const pipelines: string[] = [];
   if (o['pipelines'] !== undefined) {
     if (!Array.isArray(o['pipelines']) || o['pipelines'].some((p) => typeof p !== 'string')) problems.push("'pipelines' must be a list of pipeline file paths");
@@ -150,6 +165,7 @@ export function parseAgentConfig(raw: unknown, file: string): AgentConfig {
     spoolBytes,
     pipelines,
     otaWindow,
+    ...(tpm === undefined ? {} : { tpm }),
   };
   if (problems.length > 0) {
     throw new FleetError('EAI_AGENT_CONFIG', `${file} has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n${problems.map((p) => `  - ${p}`).join('\n')}`, { details: { file, problems } });

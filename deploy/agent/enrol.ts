@@ -5,6 +5,8 @@ import path from 'node:path';
 import { writeFileAtomic } from '../../models/atomic-write.js';
 import { FleetError } from '../fleet/errors.js';
 import { createCsr } from '../fleet/pki/csr.js';
+import { decodeCredentialFile } from '../../drivers/tpm/credential.js';
+import { DEFAULT_AK_HANDLE, EK_DEFAULTS, type Tpm } from '../../drivers/tpm/tpm.js';
 
 /**
  * The device side of enrolment (deploy/controller/enrolment.ts has the other): on first boot the
@@ -28,6 +30,8 @@ export interface EnrolOptions {
   readonly ca: string;
   readonly controller?: string;
   readonly token?: string;
+  /** The device's TPM: its AK is registered with the certificate (two requests; tpm-enrolment.ts has the controller's side). */
+  readonly tpm?: Tpm;
   /** Renew when fewer than this many ms of validity remain. Default 30 days. */
   readonly renewBeforeMs?: number;
   readonly now?: () => number;
@@ -61,7 +65,18 @@ export async function ensureEnrolled(options: EnrolOptions): Promise<DeviceIdent
   }
   const token = (await readText(options.token, 'the enrolment token (agent.yaml `token`)')).trim();
   const csr = createCsr({ privateKey: createPrivateKey(keyPem), commonName: options.device, challengePassword: token });
-  const answer = await postJson(new URL('/v1/enrol', options.controller), { csr }, caPem);
+  const url = new URL('/v1/enrol', options.controller);
+  let answer: Record<string, unknown>;
+  if (options.tpm === undefined) answer = await postJson(url, { csr }, caPem);
+  else {
+    const keys = await tpmKeys(options.tpm);
+    const first = await postJson(url, { csr, tpm: keys }, caPem);
+    const challenge = first['challenge'] as { id?: unknown; credential?: unknown } | undefined;
+    if (typeof challenge?.id !== 'string' || typeof challenge.credential !== 'string') throw new FleetError('EAI_AGENT_ENROL', `the controller at ${url.origin} answered a TPM enrolment without a challenge; is it an aios controller with TPM enrolment?`);
+    // Only the TPM that holds this EK can unwrap the secret, and only for an object with the AK's name.
+    const secret = await options.tpm.activateCredential(decodeCredentialFile(Buffer.from(challenge.credential, 'base64')), { akHandle: DEFAULT_AK_HANDLE, ekHandle: EK_DEFAULTS.rsa.handle });
+    answer = await postJson(url, { csr, tpm: { ...keys, challenge: challenge.id, secret: secret.toString('base64') } }, caPem);
+  }
   const certificatePem = typeof answer['certificate'] === 'string' ? answer['certificate'] : '';
   const problem = checkCertificate(certificatePem, keyPem, caPem, options.device, now(), 0);
   if (problem !== undefined) throw new FleetError('EAI_AGENT_ENROL', `the controller answered the enrolment with a certificate this device cannot use (${problem}); it was not kept. Check that agent.yaml's ca is this fleet's CA.`, { details: { problem } });
@@ -69,6 +84,14 @@ export async function ensureEnrolled(options: EnrolOptions): Promise<DeviceIdent
   await writeFileAtomic(certFile, certificatePem, { mode: 0o644 });
   await writeFileAtomic(path.join(options.state, 'labels.json'), `${JSON.stringify(labels)}\n`, { mode: 0o644 });
   return { keyPem, certificatePem, caPem, labels };
+}
+
+/** The TPM's EK (RSA, the kind TPMs ship certificates for) and AK (made once, kept at its persistent handle), base64 for the request. */
+async function tpmKeys(tpm: Tpm): Promise<{ ekPublic: string; akPublic: string; ekCertificate?: string }> {
+  const ek = await tpm.endorsementKey({ algorithm: 'rsa' });
+  const ak = await tpm.attestationKey({ ekHandle: ek.handle });
+  const certificate = await tpm.endorsementCertificate('rsa').catch(() => undefined);
+  return { ekPublic: ek.publicBytes.toString('base64'), akPublic: ak.publicBytes.toString('base64'), ...(certificate === undefined ? {} : { ekCertificate: certificate.raw.toString('base64') }) };
 }
 
 /** Why the certificate cannot serve as this device's identity now, or undefined if it can. */
@@ -106,7 +129,7 @@ async function postJson(url: URL, body: unknown, caPem: string): Promise<Record<
         } catch {
           return reject(new FleetError('EAI_AGENT_ENROL', `the controller at ${url.origin} answered the enrolment with HTTP ${response.statusCode} and no JSON; is it an aios controller?`));
         }
-        if (response.statusCode !== 200) {
+        if (response.statusCode !== 200 && response.statusCode !== 202) {
           const error = (json['error'] ?? {}) as { code?: string; message?: string };
           return reject(new FleetError('EAI_AGENT_ENROL', `the controller refused the enrolment: ${error.code ?? `HTTP ${response.statusCode}`}: ${error.message ?? ''}`, { details: { status: response.statusCode, code: error.code } }));
         }

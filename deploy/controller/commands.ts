@@ -81,10 +81,19 @@ export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
 
   /** A device's ack for one of its commands. */
   async acknowledge(deviceId: string, ack: aios.fleet.v1.CommandAck): Promise<void> {
+    const moved = await this.#db.transaction((tx) => this.record(tx, deviceId, ack));
+    if (moved !== undefined) this.announce(moved);
+  }
+
+  /**
+   * Writes a device's ack with `tx` (the registry writes a batch of them in one transaction);
+   * returns the command it moved, to `announce` once that transaction committed.
+   */
+  async record(tx: Sql, deviceId: string, ack: aios.fleet.v1.CommandAck): Promise<CommandRecord | undefined> {
     const R = aios.fleet.v1.CommandAck.Result;
     const status: CommandStatus | undefined = ack.result === R.ACCEPTED ? 'accepted' : ack.result === R.DONE ? 'done' : ack.result === R.REJECTED ? 'rejected' : ack.result === R.FAILED ? 'failed' : undefined;
     const sequence = wholeNumber(ack.sequence);
-    if (status === undefined || sequence === 0) return;
+    if (status === undefined || sequence === 0) return undefined;
     // An ACCEPTED arriving after the DONE (replayed by the device's spool) must not move it back.
     // Forward only: sent → accepted → done | failed, or sent → rejected. Acks come at least once
     // and copies of a command can arrive after it ran (a birth re-sends what is not yet
@@ -101,13 +110,15 @@ export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
         status,
       );
     // Shared: the ack can come back before the sender's transaction commits; FOR SHARE waits for it.
-    const changed = this.#db.shared
-      ? await this.#db.transaction(async (tx) => {
-          await tx.get('SELECT device_id FROM devices WHERE device_id = ? FOR SHARE', deviceId);
-          return update(tx);
-        })
-      : await update(this.#db);
-    if (changed === 1) this.emit('update', (await this.get(deviceId, sequence)) as CommandRecord);
+    if (this.#db.shared) await tx.get('SELECT device_id FROM devices WHERE device_id = ? FOR SHARE', deviceId);
+    if ((await update(tx)) !== 1) return undefined;
+    const row = await tx.get<CommandRow>('SELECT * FROM commands WHERE device_id = ? AND sequence = ?', deviceId, sequence);
+    return row === undefined ? undefined : record(row);
+  }
+
+  /** Tells `until` and other listeners that a command moved. */
+  announce(moved: CommandRecord): void {
+    this.emit('update', moved);
   }
 
   /** On a device's birth: its reported sequence, and what it has not acknowledged re-sent in order. */

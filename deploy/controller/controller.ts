@@ -147,7 +147,10 @@ export class Controller {
       now,
       publish: async (topic, payload) => void (await client.publishAsync(topic, Buffer.from(payload), { qos: 1 })),
     });
-    registry.onAck((device, ack) => commands.acknowledge(device, ack));
+    registry.onAck(async (tx, device, ack) => {
+      const moved = await commands.record(tx, device, ack);
+      return moved === undefined ? undefined : () => commands.announce(moved);
+    });
     // A QoS 1 message is acknowledged to the broker once the registry has room for it: when the
     // database falls behind (or is away), the broker's queue holds the rest, not this heap.
     client.handleMessage = (_packet, done) => void registry.admitted().then(() => done());
@@ -156,8 +159,10 @@ export class Controller {
       commands.resend(device, wholeNumber(birth.lastCommandSequence)).catch((error: unknown) => log({ msg: 'resend failed', device, error: String(error) }));
     });
     const deployments = new Deployments(db, { state: options.state, commands, now });
-    registry.onEvent(async (device, event) => {
-      if (event.deployment != null) await deployments.progress(device, event.deployment);
+    registry.onEvent(async (tx, device, event) => {
+      if (event.deployment == null) return undefined;
+      const moved = await deployments.record(tx, device, event.deployment);
+      return moved === undefined ? undefined : () => deployments.announce(moved.deploymentId, moved.target);
     });
     const rollouts = new Rollouts(db, { deployments, registry, commands, now, leads: () => db.lead(ROLLOUT_LEAD) });
     // A restarted controller picks up running rollouts; a periodic tick also catches progress that

@@ -113,6 +113,23 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (bundle_sha256, idx)
   );
   `,
+  // Attestation keys registered at enrolment (issue 8), and the credential challenges that prove
+  // a TPM's AK lives beside its EK.
+  `
+  ALTER TABLE devices ADD COLUMN attestation_kind TEXT;   -- tpm2 | software
+  ALTER TABLE devices ADD COLUMN ak_public BLOB;          -- TPM2B_PUBLIC (tpm2) or SPKI DER (software: the device key)
+  ALTER TABLE devices ADD COLUMN ek_public BLOB;          -- TPM2B_PUBLIC of the EK the AK was proven against
+  CREATE TABLE enrolment_challenges (
+    id             TEXT PRIMARY KEY,
+    token_id       TEXT NOT NULL,
+    device_id      TEXT NOT NULL,
+    ak_public      BLOB NOT NULL,
+    ek_public      BLOB NOT NULL,
+    secret_sha256  BLOB NOT NULL,
+    expires_ms     INTEGER NOT NULL,
+    used_ms        INTEGER
+  );
+  `,
 ];
 
 const newer = (where: string) => (current: number, known: number): Error =>

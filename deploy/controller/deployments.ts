@@ -6,7 +6,7 @@ import { fileSource } from '../../models/bundle/tar.js';
 import { aios } from '../proto/gen/aios.js';
 import { FleetError } from '../fleet/errors.js';
 import type { CommandQueue } from './commands.js';
-import type { ControllerStore } from './store.js';
+import type { ControllerStore, Sql } from './store.js';
 import { chunkDigests, type BundleFile, type BundleQuery } from './ota-server.js';
 
 /**
@@ -142,18 +142,29 @@ export class Deployments {
 
   /** A device's progress event for one of its deployments. */
   async progress(deviceId: string, p: aios.fleet.v1.IDeploymentProgress): Promise<void> {
+    const moved = await this.#db.transaction((tx) => this.record(tx, deviceId, p));
+    if (moved !== undefined) this.announce(moved.deploymentId, moved.target);
+  }
+
+  /** Writes a progress event with `tx` (the registry's batch); returns the target it moved, to `announce` after the commit. */
+  async record(tx: Sql, deviceId: string, p: aios.fleet.v1.IDeploymentProgress): Promise<{ deploymentId: string; target: TargetStatus } | undefined> {
     const phase = aios.fleet.v1.DeploymentProgress.Phase[p.phase ?? 0] as TargetPhase | 'PHASE_UNSPECIFIED' | undefined;
-    if (phase === undefined || phase === 'PHASE_UNSPECIFIED' || !p.deploymentId) return;
+    if (phase === undefined || phase === 'PHASE_UNSPECIFIED' || !p.deploymentId) return undefined;
     // Phases only move forward; a replayed earlier event (the device's spool sends at least once) changes nothing.
     const order: readonly string[] = ['sent', 'DOWNLOADING', 'VERIFYING', 'INSTALLING', 'ACTIVATING', 'HEALTH_CHECK', 'COMMITTED', 'ROLLED_BACK', 'FAILED'];
-    const row = await this.#db.get<{ phase: string }>('SELECT phase FROM deployment_targets WHERE deployment_id = ? AND device_id = ?', p.deploymentId, deviceId);
-    if (row === undefined) return;
+    const row = await tx.get<{ phase: string }>('SELECT phase FROM deployment_targets WHERE deployment_id = ? AND device_id = ?', p.deploymentId, deviceId);
+    if (row === undefined) return undefined;
     const final = ['COMMITTED', 'ROLLED_BACK', 'FAILED'];
-    if (final.includes(row.phase) && !(row.phase === 'COMMITTED' && phase === 'ROLLED_BACK')) return;
-    if (!final.includes(phase) && order.indexOf(phase) < order.indexOf(row.phase)) return;
-    await this.#db.run('UPDATE deployment_targets SET phase = ?, bytes_done = GREATEST(bytes_done, ?), code = ?, reason = ?, updated_ms = ? WHERE deployment_id = ? AND device_id = ?', phase, Number(p.bytesDone ?? 0), p.code || null, p.reason || null, this.#now(), p.deploymentId, deviceId);
-    const target = (await this.targets(p.deploymentId)).find((t) => t.deviceId === deviceId) as TargetStatus;
-    for (const l of this.#listeners) l(p.deploymentId, target);
+    if (final.includes(row.phase) && !(row.phase === 'COMMITTED' && phase === 'ROLLED_BACK')) return undefined;
+    if (!final.includes(phase) && order.indexOf(phase) < order.indexOf(row.phase)) return undefined;
+    await tx.run('UPDATE deployment_targets SET phase = ?, bytes_done = GREATEST(bytes_done, ?), code = ?, reason = ?, updated_ms = ? WHERE deployment_id = ? AND device_id = ?', phase, Number(p.bytesDone ?? 0), p.code || null, p.reason || null, this.#now(), p.deploymentId, deviceId);
+    const t = await tx.get<TargetRow>('SELECT * FROM deployment_targets WHERE deployment_id = ? AND device_id = ?', p.deploymentId, deviceId);
+    return t === undefined ? undefined : { deploymentId: p.deploymentId, target: targetStatus(t) };
+  }
+
+  /** Tells the rollouts (and other listeners) that a target moved. */
+  announce(deploymentId: string, target: TargetStatus): void {
+    for (const l of this.#listeners) l(deploymentId, target);
   }
 
   /** What the bundle server may send: only a deployment's bundle, only to its targets. */
@@ -181,9 +192,10 @@ export class Deployments {
     return Promise.all(ids.map((r) => this.get(r.id)));
   }
 
+  /** The deployment's targets (or the one named), by device id. */
   async targets(deploymentId: string): Promise<readonly TargetStatus[]> {
-    const rows = await this.#db.all<{ device_id: string; sequence: number; phase: TargetPhase; bytes_done: number; code: string | null; reason: string | null; updated_ms: number }>('SELECT * FROM deployment_targets WHERE deployment_id = ? ORDER BY device_id', deploymentId);
-    return rows.map((r) => ({ deviceId: r.device_id, sequence: r.sequence, phase: r.phase, bytesDone: r.bytes_done, ...(r.code === null ? {} : { code: r.code }), ...(r.reason === null ? {} : { reason: r.reason }), updatedUnixMs: r.updated_ms }));
+    const rows = await this.#db.all<TargetRow>('SELECT * FROM deployment_targets WHERE deployment_id = ? ORDER BY device_id', deploymentId);
+    return rows.map(targetStatus);
   }
 
   #bundlePath(sha256: string): string {
@@ -262,4 +274,18 @@ interface DeploymentRow {
   chunk_sha256: Uint8Array;
   health: string;
   created_ms: number;
+}
+
+interface TargetRow {
+  device_id: string;
+  sequence: number;
+  phase: TargetPhase;
+  bytes_done: number;
+  code: string | null;
+  reason: string | null;
+  updated_ms: number;
+}
+
+function targetStatus(r: TargetRow): TargetStatus {
+  return { deviceId: r.device_id, sequence: r.sequence, phase: r.phase, bytesDone: r.bytes_done, ...(r.code === null ? {} : { code: r.code }), ...(r.reason === null ? {} : { reason: r.reason }), updatedUnixMs: r.updated_ms };
 }

@@ -48,8 +48,10 @@ const BATCH = 1000;
 /** Past this many waiting messages, `admitted` holds the broker back (its queue is the buffer then). */
 const HIGH_WATER = 20_000;
 
-export type AckListener = (deviceId: string, ack: aios.fleet.v1.CommandAck) => Promise<void> | void;
-export type EventListener = (deviceId: string, event: aios.fleet.v1.Event) => Promise<void> | void;
+/** Called inside the batch's transaction (write with `tx`); what it returns runs after the commit. */
+export type AckListener = (tx: Sql, deviceId: string, ack: aios.fleet.v1.CommandAck) => Promise<(() => void) | undefined | void> | (() => void) | undefined | void;
+/** Called inside the batch's transaction (write with `tx`); what it returns runs after the commit. */
+export type EventListener = (tx: Sql, deviceId: string, event: aios.fleet.v1.Event) => Promise<(() => void) | undefined | void> | (() => void) | undefined | void;
 /** `reconnected`: the birth starts a new connection of the agent (or is the first seen), rather than updating the last one. */
 export type BirthListener = (deviceId: string, birth: aios.fleet.v1.DeviceBirth, reconnected: boolean) => void;
 
@@ -281,15 +283,17 @@ export class DeviceRegistry {
       const detail = e.deployment === null || e.deployment === undefined ? null : JSON.stringify(aios.fleet.v1.DeploymentProgress.toObject(e.deployment as aios.fleet.v1.DeploymentProgress, { enums: String, longs: Number }));
       await tx.run('INSERT INTO events (device_id, sequence, time_ms, severity, code, message, detail) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING', device, wholeNumber(e.sequence), wholeNumber(e.timeUnixMs), aios.fleet.v1.Event.Severity[e.severity] ?? 'SEVERITY_UNSPECIFIED', e.code, e.message.slice(0, 4000), detail);
       this.counts.events++;
-      after.push(async () => {
-        for (const l of this.#eventListeners) await l(device, e);
-      });
+      for (const l of this.#eventListeners) {
+        const then = await l(tx, device, e);
+        if (typeof then === 'function') after.push(then);
+      }
     } else if (d.ack !== undefined) {
-      const ack = d.ack;
       this.counts.acks++;
-      after.push(async () => {
-        for (const l of this.#ackListeners) await l(device, ack);
-      });
+      // In the batch: 20,000 acks of a fleet-wide command cost a few transactions, not 20,000.
+      for (const l of this.#ackListeners) {
+        const then = await l(tx, device, d.ack);
+        if (typeof then === 'function') after.push(then);
+      }
     }
   }
 

@@ -1,10 +1,11 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { isReservedName } from '../fleet/broker-acl.js';
 import { FleetError } from '../fleet/errors.js';
 import { issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
 import { parseCsr } from '../fleet/pki/csr.js';
 import { isTopicLevel, topicLevel } from '../fleet/topics.js';
 import type { ControllerStore } from './store.js';
+import { answerChallenge, checkTpmKeys, issueChallenge, type TpmChallenge, type TpmEnrolmentRequest } from './tpm-enrolment.js';
 
 /**
  * Enrolment: how a device gets its fleet certificate. An operator makes a one-time token
@@ -26,6 +27,15 @@ export interface EnrolmentOptions {
   readonly certificateDays?: number;
   /** The controller clock, ms. Default Date.now. */
   readonly now?: () => number;
+  /** TPM makers' CA certificates (PEM): when given, a TPM must show an EK certificate issued by one. */
+  readonly ekRoots?: readonly string[];
+  /** Refuse devices that enrol without TPM keys (their attestation could only be `software`). */
+  readonly requireTpm?: boolean;
+}
+
+/** The first answer to a TPM enrolment: activate this credential and ask again with its secret. */
+export interface Challenged {
+  readonly challenge: TpmChallenge;
 }
 
 export interface IssuedToken {
@@ -63,6 +73,8 @@ export class Enrolment {
   readonly #ca: CertificateAuthority;
   readonly #days: number;
   readonly #now: () => number;
+  readonly #ekRoots: readonly X509Certificate[];
+  readonly #requireTpm: boolean;
 
   constructor(db: ControllerStore, options: EnrolmentOptions) {
     this.#db = db;
@@ -70,6 +82,8 @@ export class Enrolment {
     this.#ca = options.ca;
     this.#days = options.certificateDays ?? 365;
     this.#now = options.now ?? Date.now;
+    this.#ekRoots = (options.ekRoots ?? []).map((pem) => new X509Certificate(pem));
+    this.#requireTpm = options.requireTpm ?? false;
   }
 
   /** A new single-use token, valid for `validForMs`; bound to `deviceId` when given. */
@@ -92,7 +106,14 @@ export class Enrolment {
    * wrong secret: one answer for all, so a guesser learns nothing), `EAI_FLEET_ENROL_TOKEN_EXPIRED`,
    * `EAI_FLEET_ENROL_TOKEN_USED`, `EAI_FLEET_ENROL_NAME`.
    */
-  async enrol(csr: string | Uint8Array): Promise<Enrolled> {
+  async enrol(csr: string | Uint8Array): Promise<Enrolled>;
+  /**
+   * With `tpm`: the two-step TPM enrolment (tpm-enrolment.ts). Without `tpm.challenge` the answer
+   * is a challenge (the token is not spent yet); with it and the right secret, the certificate,
+   * and the AK is recorded as the device's attestation key.
+   */
+  async enrol(csr: string | Uint8Array, tpm: TpmEnrolmentRequest | undefined): Promise<Enrolled | Challenged>;
+  async enrol(csr: string | Uint8Array, tpm?: TpmEnrolmentRequest): Promise<Enrolled | Challenged> {
     const request = parseCsr(csr);
     const deviceId = deviceName(request.commonName);
     const token = await this.#token(request.challengePassword);
@@ -110,19 +131,33 @@ export class Enrolment {
     if (existing !== undefined && token.deviceId !== deviceId) {
       throw new FleetError('EAI_FLEET_ENROL_NAME', `device '${deviceId}' is already enrolled in fleet ${this.#fleet}; re-enrolling it (a new key, a replaced board) needs a token made for it: \`aios fleet token --device ${deviceId}\`.`, { details: { deviceId } });
     }
+    if (tpm === undefined && this.#requireTpm) {
+      throw new FleetError('EAI_FLEET_ENROL_TPM', `this fleet admits only devices with a TPM, and the request from '${deviceId}' carries no TPM keys; set attestation.tpm in agent.yaml (docs/attestation.md).`, { details: { deviceId } });
+    }
+    if (tpm !== undefined) {
+      const { ek, ak } = checkTpmKeys(tpm, this.#ekRoots);
+      if (tpm.challenge === undefined) return { challenge: await this.#db.transaction((tx) => issueChallenge(tx, token.id, deviceId, ek, ak, tpm, now)) };
+    }
+    const spki = request.publicKey.export({ type: 'spki', format: 'der' });
     const certificatePem = issueCertificate({ ca: this.#ca, subjectPublicKey: request.publicKey, commonName: deviceId, validDays: this.#days, usage: 'client', now: new Date(now) });
-    const keySha256 = createHash('sha256').update(request.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+    const keySha256 = createHash('sha256').update(spki).digest('hex');
     await this.#db.transaction(async (tx) => {
+      if (tpm !== undefined) await answerChallenge(tx, token.id, deviceId, tpm, now);
       // The token is spent only if no other request spent it since it was read.
       const spent = await tx.run('UPDATE enrolment_tokens SET used_ms = ?, used_by = ? WHERE id = ? AND used_ms IS NULL', now, deviceId, token.id);
       if (spent !== 1) throw new FleetError('EAI_FLEET_ENROL_TOKEN_USED', `enrolment token ${token.id} was used by another request at the same moment; ask the fleet operator for a new one.`, { details: { id: token.id } });
+      // The attestation key: the TPM's AK, or (no TPM) the device key itself, whose evidence a
+      // verifier reports as `software`.
       await tx.run(
-        'INSERT INTO devices (device_id, certificate_pem, key_sha256, enrolled_ms, labels) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET certificate_pem = excluded.certificate_pem, key_sha256 = excluded.key_sha256, enrolled_ms = excluded.enrolled_ms, labels = excluded.labels',
+        'INSERT INTO devices (device_id, certificate_pem, key_sha256, enrolled_ms, labels, attestation_kind, ak_public, ek_public) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET certificate_pem = excluded.certificate_pem, key_sha256 = excluded.key_sha256, enrolled_ms = excluded.enrolled_ms, labels = excluded.labels, attestation_kind = excluded.attestation_kind, ak_public = excluded.ak_public, ek_public = excluded.ek_public',
         deviceId,
         certificatePem,
         keySha256,
         now,
         JSON.stringify(token.labels),
+        tpm === undefined ? 'software' : 'tpm2',
+        tpm === undefined ? spki : Buffer.from(tpm.akPublic),
+        tpm === undefined ? null : Buffer.from(tpm.ekPublic),
       );
     });
     return { deviceId, fleet: this.#fleet, certificatePem, caCertificatePem: this.#ca.certificatePem, labels: token.labels };

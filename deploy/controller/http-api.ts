@@ -5,6 +5,7 @@ import type { CommandBody, CommandQueue } from './commands.js';
 import type { Deployments, HealthPolicy } from './deployments.js';
 import type { DeviceRegistry } from './devices.js';
 import type { Enrolment } from './enrolment.js';
+import type { TpmEnrolmentRequest } from './tpm-enrolment.js';
 import type { Rollouts, RolloutSpec, StageSpec } from './rollouts.js';
 
 /**
@@ -28,10 +29,17 @@ export function enrolmentHandler(enrolment: Enrolment, log: (line: Record<string
   return (req, res) =>
     void handle(req, res, log, async () => {
       if (req.method !== 'POST' || url(req).pathname !== '/v1/enrol') return notFound(req);
-      const body = (await readJson(req)) as { csr?: unknown };
-      if (typeof body.csr !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ENROL_REQUEST', message: 'the body must be JSON { "csr": "<PEM certificate request>" }' } });
+      const body = (await readJson(req)) as { csr?: unknown; tpm?: unknown };
+      if (typeof body.csr !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ENROL_REQUEST', message: 'the body must be JSON { "csr": "<PEM certificate request>", "tpm"?: { ekPublic, akPublic, ekCertificate?, challenge?, secret? } }' } });
+      const tpm = tpmRequest(body.tpm);
+      if (typeof tpm === 'string') return reply(400, { error: { code: 'EAI_FLEET_ENROL_REQUEST', message: tpm } });
       try {
-        const enrolled = await enrolment.enrol(body.csr);
+        const answer = await enrolment.enrol(body.csr, tpm);
+        if ('challenge' in answer) {
+          log({ msg: 'enrolment challenge', challenge: answer.challenge.id });
+          return reply(202, { challenge: { id: answer.challenge.id, credential: answer.challenge.credential.toString('base64'), expiresUnixMs: answer.challenge.expiresUnixMs } });
+        }
+        const enrolled = answer;
         log({ msg: 'enrolled', device: enrolled.deviceId });
         return reply(200, { certificate: enrolled.certificatePem, ca: enrolled.caCertificatePem, deviceId: enrolled.deviceId, fleet: enrolled.fleet, labels: enrolled.labels });
       } catch (error) {
@@ -43,6 +51,32 @@ export function enrolmentHandler(enrolment: Enrolment, log: (line: Record<string
         throw error;
       }
     });
+}
+
+/** The `tpm` member of an enrolment request (base64 fields), or what is wrong with it. */
+function tpmRequest(value: unknown): TpmEnrolmentRequest | undefined | string {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'object' || value === null) return '"tpm" must be an object { ekPublic, akPublic, ekCertificate?, challenge?, secret? }';
+  const v = value as Record<string, unknown>;
+  const bytes = (key: string, required: boolean): Buffer | undefined | string => {
+    const b = v[key];
+    if (b === undefined && !required) return undefined;
+    if (typeof b !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/u.test(b) || b.length > 16_384) return `"tpm.${key}" must be base64${required ? '' : ' when given'}`;
+    return Buffer.from(b, 'base64');
+  };
+  const ekPublic = bytes('ekPublic', true);
+  const akPublic = bytes('akPublic', true);
+  const ekCertificate = bytes('ekCertificate', false);
+  const secret = bytes('secret', false);
+  for (const b of [ekPublic, akPublic, ekCertificate, secret]) if (typeof b === 'string') return b;
+  if (v['challenge'] !== undefined && (typeof v['challenge'] !== 'string' || !/^[0-9a-f]{24}$/u.test(v['challenge']))) return '"tpm.challenge" must be the id the controller answered';
+  return {
+    ekPublic: ekPublic as Buffer,
+    akPublic: akPublic as Buffer,
+    ...(ekCertificate === undefined ? {} : { ekCertificate: ekCertificate as Buffer }),
+    ...(typeof v['challenge'] === 'string' ? { challenge: v['challenge'] } : {}),
+    ...(secret === undefined ? {} : { secret: secret as Buffer }),
+  };
 }
 
 export interface OperatorApi {

@@ -102,7 +102,7 @@ describe('a device agent and the fleet controller', () => {
     expect(await controller.commands.until('robot-1', 3, ['done', 'failed', 'rejected'], 15_000)).toMatchObject({ status: 'failed', code: 'EAI_AGENT_PIPELINE_UNKNOWN' });
     // An attacker on the broker replays command 1 (the controller's client stands in: devices cannot publish commands).
     const replay = signCommand({ fleet: 'warehouse', deviceId: 'robot-1', sequence: 1, issuedUnixMs: Date.now(), expiresUnixMs: Date.now() + 60_000, stopPipeline: { name: 'front-camera' } }, [ops1, ops2]);
-    const rejected = new Promise<aios.fleet.v1.CommandAck>((resolve) => controller.registry.onAck((d, ack) => {
+    const rejected = new Promise<aios.fleet.v1.CommandAck>((resolve) => controller.registry.onAck((_tx, d, ack) => {
       if (d === 'robot-1' && ack.result === aios.fleet.v1.CommandAck.Result.REJECTED) resolve(ack);
     }));
     // Someone with the rights to publish commands (a second controller) replays command 1.
