@@ -61,6 +61,10 @@ export interface ControllerOptions {
   /** Operator API (plain HTTP): default 127.0.0.1:8080. */
   readonly apiHost?: string;
   readonly apiPort?: number;
+  /** TPM makers' CA certificates (PEM): a device's TPM must show an EK certificate issued by one (docs/attestation.md). */
+  readonly ekRoots?: readonly string[];
+  /** Admit only devices that enrol with TPM keys. */
+  readonly requireTpm?: boolean;
   /** Certificate names the embedded broker treats as controllers (replicas, operator tools). Default ['aios-controller']. */
   readonly controllers?: readonly string[];
   /** This controller's MQTT name (its certificate's): `aios-controller` or another `aios-controller…` for a replica. */
@@ -175,7 +179,7 @@ export class Controller {
       if (!topic.endsWith('/ota/request')) registry.ingest(topic, payload);
     });
     for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks'] as const) await client.subscribeAsync(sharedFilter(share, everyDevice(fleet, channel)), { qos: 1 });
-    const enrolment = new Enrolment(db, { fleet, ca, now });
+    const enrolment = new Enrolment(db, { fleet, ca, now, ...(options.ekRoots === undefined ? {} : { ekRoots: options.ekRoots }), ...(options.requireTpm === undefined ? {} : { requireTpm: options.requireTpm }) });
     const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2' }, enrolmentHandler(enrolment, log));
     const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment, deployments, rollouts }, log));
     try {

@@ -29,6 +29,17 @@ export interface DeviceSummary {
   readonly telemetrySequence?: number;
   readonly telemetryDropped: number;
   readonly lastCommandSequence: number;
+  /** How the device proves what it runs: with its TPM's attestation key, or (no TPM) its device key. */
+  readonly attestation?: 'tpm2' | 'software';
+}
+
+/** The keys a device registered at enrolment, which its attestation evidence must be signed with. */
+export interface AttestationIdentity {
+  readonly kind: 'tpm2' | 'software';
+  /** TPM2B_PUBLIC of the AK (tpm2), or the device key's SPKI DER (software). */
+  readonly akPublic: Buffer;
+  /** TPM2B_PUBLIC of the EK the AK was proven against (tpm2). */
+  readonly ekPublic?: Buffer;
 }
 
 export interface IngestCounts {
@@ -155,6 +166,13 @@ export class DeviceRegistry {
     await this.flush();
     const row = await this.#db.get<DeviceRow>('SELECT * FROM devices WHERE device_id = ?', deviceId);
     return row === undefined ? undefined : summary(row);
+  }
+
+  /** The attestation key the device registered at enrolment (undefined: unknown device, or enrolled before attestation existed). */
+  async attestationIdentity(deviceId: string): Promise<AttestationIdentity | undefined> {
+    const row = await this.#db.get<{ attestation_kind: 'tpm2' | 'software' | null; ak_public: Buffer | null; ek_public: Buffer | null }>('SELECT attestation_kind, ak_public, ek_public FROM devices WHERE device_id = ?', deviceId);
+    if (row?.attestation_kind == null || row.ak_public === null) return undefined;
+    return { kind: row.attestation_kind, akPublic: Buffer.from(row.ak_public), ...(row.ek_public === null ? {} : { ekPublic: Buffer.from(row.ek_public) }) };
   }
 
   /** The last birth a device sent, decoded. */
@@ -352,6 +370,7 @@ interface DeviceRow {
   telemetry_seq: number | null;
   telemetry_dropped: number;
   last_sequence: number;
+  attestation_kind: 'tpm2' | 'software' | null;
 }
 
 function summary(row: DeviceRow): DeviceSummary {
@@ -374,6 +393,7 @@ function summary(row: DeviceRow): DeviceSummary {
     ...(row.telemetry_seq === null ? {} : { telemetrySequence: row.telemetry_seq }),
     telemetryDropped: row.telemetry_dropped,
     lastCommandSequence: row.last_sequence,
+    ...(row.attestation_kind === null ? {} : { attestation: row.attestation_kind }),
   };
 }
 

@@ -37,6 +37,8 @@ interface StartOptions {
   broker?: string;
   store?: string;
   name: string;
+  ekCa: string[];
+  requireTpm?: boolean;
   bind: string;
   brokerPort: number;
   enrolPort: number;
@@ -67,6 +69,8 @@ export function controllerCommand(): Command {
     .addOption(new Option('--hostname <name>', 'a name or address devices dial (repeat); goes into the server certificate').argParser(collectList).default([]))
     .option('--broker <url>', 'use this broker (mqtts://host:port) instead of the embedded one')
     .addOption(new Option('--store <url>', 'keep the fleet in PostgreSQL (postgres://user@host:port/db; the password from PGPASSWORD or ~/.pgpass keeps it off the command line) instead of SQLite in --state: what controller replicas share').env('AIOS_CONTROLLER_STORE'))
+    .addOption(new Option('--ek-ca <pem>', "a TPM maker's CA certificate (repeat): devices' TPMs must show an EK certificate it issued").argParser(collectList).default([]))
+    .option('--require-tpm', 'admit only devices that enrol with TPM keys (no software attestation)')
     .addOption(new Option('--name <name>', "this controller's MQTT name: aios-controller, or aios-controller-<suffix> for each further replica (list it in the broker ACL)").default('aios-controller'))
     .addOption(new Option('--bind <address>', 'address of the broker and enrolment listeners').default('0.0.0.0'))
     .addOption(new Option('--broker-port <n>', 'embedded broker (MQTT over TLS)').default(8883).argParser(positiveInt('--broker-port')))
@@ -92,6 +96,8 @@ Example:
         ...(options.hostname.length === 0 ? {} : { hostnames: options.hostname }),
         ...(options.broker === undefined ? {} : { broker: options.broker }),
         ...(options.store === undefined ? {} : { store: options.store }),
+        ...(options.ekCa.length === 0 ? {} : { ekRoots: await Promise.all(options.ekCa.map((f) => readFile(f, 'utf8'))) }),
+        ...(options.requireTpm === true ? { requireTpm: true } : {}),
         name: options.name,
         brokerHost: options.bind,
         brokerPort: options.brokerPort,
