@@ -79,6 +79,7 @@ bench: build
 	node dist/bench/ota.js
 	node dist/bench/agent-crash.js --kills 1000
 	node dist/bench/fleet.js --devices 10000 --seconds 60
+	node dist/bench/attest.js
 
 lint: node_modules/.installed
 	node scripts/gen-proto.mjs
