@@ -30,6 +30,9 @@ import { noDelay } from '../fleet/no-delay.js';
 import { Publisher } from './publisher.js';
 import { TelemetrySampler } from './telemetry.js';
 import { Tpm } from '../../drivers/tpm/tpm.js';
+import type { Attester } from '../../runtime/attest/attester.js';
+import { EVIDENCE_FORMAT, encodeEvidence } from '../../runtime/attest/evidence.js';
+import { measureDevice, measureModels, measurePipeline, openAttester } from './attestation.js';
 
 /**
  * `aios agent`: a device's side of the fleet. It enrols on first boot, connects to the broker
@@ -77,6 +80,7 @@ export class Agent {
   #connections = 0;
   readonly #abort = new AbortController();
   readonly #trust: TrustStore;
+  readonly #attester: Attester;
   readonly #gate: CommandGate;
   readonly #spool: Spool;
   readonly #client: MqttClient;
@@ -90,7 +94,7 @@ export class Agent {
   #lastTick = 0;
   #stopped = false;
 
-  private constructor(config: AgentConfig, options: AgentOptions, parts: { identity: DeviceIdentity; store: ModelStore; decrypt: DecryptFactory | undefined; hardware: aios.fleet.v1.IHardware; sys: SysRoot; devices: readonly DeviceInfo[]; hal: HalRegistry; trust: TrustStore; gate: CommandGate; spool: Spool; client: MqttClient; pipelines: Map<string, RunningPipeline>; bootId: string }) {
+  private constructor(config: AgentConfig, options: AgentOptions, parts: { identity: DeviceIdentity; store: ModelStore; decrypt: DecryptFactory | undefined; hardware: aios.fleet.v1.IHardware; sys: SysRoot; devices: readonly DeviceInfo[]; hal: HalRegistry; trust: TrustStore; attester: Attester; gate: CommandGate; spool: Spool; client: MqttClient; pipelines: Map<string, RunningPipeline>; bootId: string }) {
     this.config = config;
     this.#options = options;
     this.#log = options.log ?? (() => undefined);
@@ -107,6 +111,7 @@ export class Agent {
       onProblem: (problem) => this.#log({ msg: 'telemetry source failed', source: problem.source, error: problem.message }),
     });
     this.#trust = parts.trust;
+    this.#attester = parts.attester;
     this.#gate = parts.gate;
     this.#spool = parts.spool;
     this.#client = parts.client;
@@ -161,6 +166,8 @@ export class Agent {
       }
       pipelines.set(running.pipeline?.name ?? path.basename(file, path.extname(file)), running);
     }
+    const attester = await openAttester({ state: config.state, keyPem: identity.keyPem, ...(config.tpm === undefined ? {} : { tpm: config.tpm }) });
+    await measureDevice(attester, { trust, store, pipelineFiles: [...pipelines.values()].map((p) => p.override ?? p.file) });
     const bootId = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => randomUUID())).trim();
     const statusTopic = deviceTopic(config.fleet, config.device, 'status');
     const lost = aios.fleet.v1.DeviceStatus.encode({ state: aios.fleet.v1.DeviceStatus.State.LOST, bootId }).finish();
@@ -175,7 +182,7 @@ export class Agent {
       key: identity.keyPem,
       will: { topic: statusTopic, payload: Buffer.from(lost), qos: 1, retain: true },
     });
-    const agent = new Agent(config, options, { identity, store, decrypt, hardware, sys, devices, hal, trust, gate, spool, client, pipelines, bootId });
+    const agent = new Agent(config, options, { identity, store, decrypt, hardware, sys, devices, hal, trust, attester, gate, spool, client, pipelines, bootId });
     agent.#wire();
     return agent;
   }
@@ -386,6 +393,16 @@ export class Agent {
         });
         await this.#republishBirth();
         return `${model} is back at ${slot.version}`;
+      }
+      case 'requestAttestation': {
+        // What runs now: a deployment or rollback since the last evidence switched models, a
+        // setConfig replaced a pipeline's configuration.
+        await measureModels(this.#attester, this.#store);
+        for (const p of this.#pipelines.values()) await measurePipeline(this.#attester, p.override ?? p.file);
+        const evidence = await this.#attester.evidence(c.requestAttestation?.nonce ?? new Uint8Array(0));
+        const payload = aios.fleet.v1.AttestationEvidence.encode({ commandSequence: admitted.sequence, format: EVIDENCE_FORMAT, evidence: Buffer.from(encodeEvidence(evidence)) }).finish();
+        await this.#client.publishAsync(deviceTopic(this.config.fleet, this.config.device, 'attestation'), Buffer.from(payload), { qos: 1 });
+        return `${evidence.kind} evidence over ${evidence.log.length} measurements sent`;
       }
       default:
         throw new FleetError('EAI_AGENT_UNSUPPORTED', `this agent (${VERSION}) does not carry out '${admitted.action}' commands yet; the command was verified and not acted on.`, { details: { action: admitted.action } });

@@ -13,7 +13,8 @@ import { DEFAULT_CONTROLLER } from '../fleet/broker-acl.js';
 import { FleetError } from '../fleet/errors.js';
 import { FleetBroker, listen } from '../fleet/broker.js';
 import { createCertificateAuthority, issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
-import { everyDevice, sharedFilter, topicLevel } from '../fleet/topics.js';
+import { everyDevice, parseDeviceTopic, sharedFilter, topicLevel } from '../fleet/topics.js';
+import { Attestations, type AttestationOptions } from './attestations.js';
 import { wholeNumber } from '../fleet/wire.js';
 import { CommandQueue } from './commands.js';
 import { Deployments } from './deployments.js';
@@ -65,6 +66,8 @@ export interface ControllerOptions {
   readonly ekRoots?: readonly string[];
   /** Admit only devices that enrol with TPM keys. */
   readonly requireTpm?: boolean;
+  /** Remote attestation: the reference values devices are appraised against, and how often (docs/attestation.md). Absent: no challenges. */
+  readonly attestation?: AttestationOptions;
   /** Certificate names the embedded broker treats as controllers (replicas, operator tools). Default ['aios-controller']. */
   readonly controllers?: readonly string[];
   /** This controller's MQTT name (its certificate's): `aios-controller` or another `aios-controller…` for a replica. */
@@ -91,6 +94,8 @@ export class Controller {
   readonly enrolment: Enrolment;
   readonly deployments: Deployments;
   readonly rollouts: Rollouts;
+  /** The verifier: undefined when the controller was started without attestation reference values. */
+  readonly attestations: Attestations | undefined;
   readonly ca: CertificateAuthority;
   readonly #db: ControllerStore;
   readonly #client: MqttClient;
@@ -100,7 +105,7 @@ export class Controller {
   readonly #servers: (http.Server | https.Server)[];
   readonly urls: { readonly broker: string; readonly enrol: string; readonly api: string };
 
-  private constructor(parts: { fleet: string; db: ControllerStore; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; deployments: Deployments; rollouts: Rollouts; bundles: BundleServer; ticker: NodeJS.Timeout; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
+  private constructor(parts: { fleet: string; db: ControllerStore; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; deployments: Deployments; rollouts: Rollouts; attestations: Attestations | undefined; bundles: BundleServer; ticker: NodeJS.Timeout; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
     this.fleet = parts.fleet;
     this.#db = parts.db;
     this.ca = parts.ca;
@@ -109,6 +114,7 @@ export class Controller {
     this.enrolment = parts.enrolment;
     this.deployments = parts.deployments;
     this.rollouts = parts.rollouts;
+    this.attestations = parts.attestations;
     this.#bundles = parts.bundles;
     this.#ticker = parts.ticker;
     this.#client = parts.client;
@@ -158,8 +164,11 @@ export class Controller {
     // A QoS 1 message is acknowledged to the broker once the registry has room for it: when the
     // database falls behind (or is away), the broker's queue holds the rest, not this heap.
     client.handleMessage = (_packet, done) => void registry.admitted().then(() => done());
+    let attestations: Attestations | undefined;
     registry.onBirth((device, birth, reconnected) => {
       if (!reconnected) return;
+      // A device (re)connecting is appraised at once: it may have rebooted into something else.
+      attestations?.challenge(device).catch((error: unknown) => log({ msg: 'attestation challenge failed', device, error: String(error) }));
       commands.resend(device, wholeNumber(birth.lastCommandSequence)).catch((error: unknown) => log({ msg: 'resend failed', device, error: String(error) }));
     });
     const deployments = new Deployments(db, { state: options.state, commands, now });
@@ -169,16 +178,34 @@ export class Controller {
       return moved === undefined ? undefined : () => deployments.announce(moved.deploymentId, moved.target);
     });
     const rollouts = new Rollouts(db, { deployments, registry, commands, now, leads: () => db.lead(ROLLOUT_LEAD) });
+    if (options.attestation !== undefined) attestations = new Attestations(db, { ...options.attestation, commands, registry, deployments, now });
+    const verifier = attestations;
     // A restarted controller picks up running rollouts; a periodic tick also catches progress that
     // arrived while no event came (a device that commits while the controller restarts).
-    const ticker = setInterval(() => void rollouts.tick(), 2000);
+    let ticks = 0;
+    const ticker = setInterval(() => {
+      void rollouts.tick();
+      // The lead also challenges devices whose appraisal is due (every 10 s it looks).
+      if (verifier !== undefined && ++ticks % 5 === 0) {
+        void db
+          .lead(ROLLOUT_LEAD)
+          .then((leading) => (leading ? verifier.tick() : 0))
+          .catch((error: unknown) => log({ msg: 'attestation round failed', error: String(error) }));
+      }
+    }, 2000);
     ticker.unref();
     const bundles = await BundleServer.start({ client, fleet, bundles: (query) => deployments.bundleFor(query), ...(share === undefined ? {} : { share }) });
     client.on('message', (topic, payload) => {
       // The bundle server handles ota/request itself.
-      if (!topic.endsWith('/ota/request')) registry.ingest(topic, payload);
+      if (topic.endsWith('/ota/request')) return;
+      if (topic.endsWith('/attestation')) {
+        const where = parseDeviceTopic(topic);
+        if (verifier !== undefined && where?.fleet === fleet && where.channel === 'attestation') verifier.receive(where.device, payload).catch((error: unknown) => log({ msg: 'attestation appraisal failed', device: where.device, error: String(error) }));
+        return;
+      }
+      registry.ingest(topic, payload);
     });
-    for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks'] as const) await client.subscribeAsync(sharedFilter(share, everyDevice(fleet, channel)), { qos: 1 });
+    for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks', 'attestation'] as const) await client.subscribeAsync(sharedFilter(share, everyDevice(fleet, channel)), { qos: 1 });
     const enrolment = new Enrolment(db, { fleet, ca, now, ...(options.ekRoots === undefined ? {} : { ekRoots: options.ekRoots }), ...(options.requireTpm === undefined ? {} : { requireTpm: options.requireTpm }) });
     const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2' }, enrolmentHandler(enrolment, log));
     const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment, deployments, rollouts }, log));
@@ -199,7 +226,7 @@ export class Controller {
     const urls = { broker: brokerUrl, enrol: at(enrolServer, 'https'), api: at(apiServer, 'http') };
     log({ msg: 'controller started', fleet, name, store: db.location, sharedSubscriptions: share !== undefined, ...urls });
     void rollouts.tick();
-    return new Controller({ fleet, db, ca, registry, commands, enrolment, deployments, rollouts, bundles, ticker, client, broker, servers: [enrolServer, apiServer], urls });
+    return new Controller({ fleet, db, ca, registry, commands, enrolment, deployments, rollouts, attestations, bundles, ticker, client, broker, servers: [enrolServer, apiServer], urls });
   }
 
   /** The bundle server's counters (chunks sent, refused requests, the most in flight). */

@@ -130,6 +130,20 @@ export const MIGRATIONS: readonly string[] = [
     used_ms        INTEGER
   );
   `,
+  // What attestation checks a device's measured models against, and what it found.
+  `
+  ALTER TABLE deployments ADD COLUMN manifest_sha256 TEXT;  -- the bundle's signed payload, as the device's store measures it
+  ALTER TABLE devices ADD COLUMN attestation_status TEXT;   -- trusted | untrusted | stale
+  ALTER TABLE devices ADD COLUMN attestation_ms INTEGER;    -- when it was appraised
+  ALTER TABLE devices ADD COLUMN attestation_result TEXT;   -- JSON AttestationResult (reasons, claims)
+  CREATE TABLE attestation_challenges (
+    device_id    TEXT NOT NULL,
+    nonce        BLOB NOT NULL,
+    issued_ms    INTEGER NOT NULL,
+    answered_ms  INTEGER,
+    PRIMARY KEY (device_id, nonce)
+  );
+  `,
 ];
 
 const newer = (where: string) => (current: number, known: number): Error =>

@@ -96,7 +96,7 @@ export class Deployments {
     const id = options.id ?? `${predicate.name}-${predicate.version}-${randomBytes(3).toString('hex')}`;
     const created = this.#now();
     await this.#db.run(
-      'INSERT INTO deployments (id, model, version, bundle_path, bundle_sha256, bundle_size, chunk_size, chunk_sha256, health, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO deployments (id, model, version, bundle_path, bundle_sha256, bundle_size, chunk_size, chunk_sha256, health, created_ms, manifest_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       id,
       predicate.name,
       predicate.version,
@@ -107,6 +107,7 @@ export class Deployments {
       Buffer.concat(digests.chunkSha256.map((d) => Buffer.from(d))),
       JSON.stringify(health),
       created,
+      inspected.payloadSha256,
     );
     return { id, model: predicate.name, version: predicate.version, bundleSha256: digests.sha256, bundleSize: digests.size, chunkSize, health, createdUnixMs: created };
   }
@@ -165,6 +166,12 @@ export class Deployments {
   /** Tells the rollouts (and other listeners) that a target moved. */
   announce(deploymentId: string, target: TargetStatus): void {
     for (const l of this.#listeners) l(deploymentId, target);
+  }
+
+  /** The manifest digests of every bundle deployed to `deviceId` (what its attestation log may show as model-bundle events). */
+  async manifestsFor(deviceId: string): Promise<readonly string[]> {
+    const rows = await this.#db.all<{ m: string | null }>('SELECT DISTINCT d.manifest_sha256 AS m FROM deployments d JOIN deployment_targets t ON t.deployment_id = d.id WHERE t.device_id = ?', deviceId);
+    return rows.flatMap((r) => (r.m === null ? [] : [r.m]));
   }
 
   /** What the bundle server may send: only a deployment's bundle, only to its targets. */

@@ -31,6 +31,11 @@ export interface DeviceSummary {
   readonly lastCommandSequence: number;
   /** How the device proves what it runs: with its TPM's attestation key, or (no TPM) its device key. */
   readonly attestation?: 'tpm2' | 'software';
+  /** Its latest appraisal (docs/attestation.md), when it has had one. */
+  readonly attestationStatus?: 'trusted' | 'untrusted' | 'stale';
+  readonly attestedUnixMs?: number;
+  /** The first reason of an appraisal that was not `trusted`. */
+  readonly attestationReason?: string;
 }
 
 /** The keys a device registered at enrolment, which its attestation evidence must be signed with. */
@@ -371,6 +376,9 @@ interface DeviceRow {
   telemetry_dropped: number;
   last_sequence: number;
   attestation_kind: 'tpm2' | 'software' | null;
+  attestation_status: 'trusted' | 'untrusted' | 'stale' | null;
+  attestation_ms: number | null;
+  attestation_result: string | null;
 }
 
 function summary(row: DeviceRow): DeviceSummary {
@@ -394,7 +402,16 @@ function summary(row: DeviceRow): DeviceSummary {
     telemetryDropped: row.telemetry_dropped,
     lastCommandSequence: row.last_sequence,
     ...(row.attestation_kind === null ? {} : { attestation: row.attestation_kind }),
+    ...(row.attestation_status === null ? {} : { attestationStatus: row.attestation_status }),
+    ...(row.attestation_ms === null ? {} : { attestedUnixMs: row.attestation_ms }),
+    ...(firstReason(row.attestation_result) ?? {}),
   };
+}
+
+function firstReason(result: string | null): { attestationReason: string } | undefined {
+  if (result === null) return undefined;
+  const reason = (JSON.parse(result) as { reasons?: { code?: string; message?: string }[] }).reasons?.[0];
+  return reason === undefined ? undefined : { attestationReason: `${reason.code ?? ''}: ${reason.message ?? ''}` };
 }
 
 /** A measured value (telemetry uses NaN for "unknown", which JSON would turn into null). */

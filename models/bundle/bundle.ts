@@ -239,6 +239,8 @@ export interface BundleInspection {
   readonly payloadType: string;
   /** The keyids the signatures claim; not checked. */
   readonly keyids: readonly string[];
+  /** Hex SHA-256 of the signed payload bytes: the manifest digest a model store records and an attester measures. */
+  readonly payloadSha256: string;
   /** The manifest, when it parses and follows the schema. */
   readonly statement?: ModelStatement;
   /** The payload as parsed JSON, whatever it is (undefined when it is not JSON). */
@@ -256,10 +258,11 @@ export async function inspectBundle(source: AsyncIterable<unknown>): Promise<Bun
   const tar = new TarReader(source);
   try {
     const { envelope } = await readEnvelope(tar);
-    const base = { verified: false as const, payloadType: envelope.payloadType, keyids: envelope.signatures.map((s) => s.keyid) };
+    const payload = decodeBase64(envelope.payload, 'payload');
+    const base = { verified: false as const, payloadType: envelope.payloadType, keyids: envelope.signatures.map((s) => s.keyid), payloadSha256: createHash('sha256').update(payload).digest('hex') };
     let raw: unknown;
     try {
-      raw = JSON.parse(decodeBase64(envelope.payload, 'payload').toString('utf8'));
+      raw = JSON.parse(payload.toString('utf8'));
     } catch (error) {
       return { ...base, issues: [`the payload is not JSON: ${error instanceof Error ? error.message : String(error)}`] };
     }

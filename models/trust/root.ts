@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { AiosError } from '../../drivers/errors.js';
 import { publicKeyFromRaw, rawPublicKey, signBytes, verifyBytes, type PublicKey, type SigningKey } from '../keys.js';
 import { canonicalBytes } from './canonical-json.js';
@@ -91,6 +92,14 @@ const HEX128 = /^[0-9a-f]{128}$/u;
 
 // ---------------------------------------------------------------------------------------------
 // Parsing and validation
+
+/**
+ * Hex SHA-256 of the root's canonical signed part: the same for every copy of one root version
+ * however its file is formatted. What a device measures as its `trust-root` and a verifier allows.
+ */
+export function rootDigest(root: Root): string {
+  return createHash('sha256').update(canonicalBytes(root.signed)).digest('hex');
+}
 
 /**
  * Reads and validates a trust root: JSON text (string or UTF-8 bytes) or an already parsed value.

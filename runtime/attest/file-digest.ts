@@ -46,7 +46,7 @@ export interface RuntimeDigestOptions {
   /**
    * Files and folders under the root to include. Default: `package.json` and `dist` when this
    * code runs from the built package (dist/), else `package.json`, `index.ts` and the four layer
-   * folders of the source tree.
+   * folders of the source tree, those of them that exist.
    */
   readonly include?: readonly string[];
 }
@@ -56,7 +56,9 @@ export async function runtimeDigest(options: RuntimeDigestOptions = {}): Promise
   const here = path.dirname(fileURLToPath(import.meta.url));
   const root = path.resolve(options.root ?? packageRoot(here));
   const built = here.split(path.sep).includes('dist');
-  const include = options.include ?? (built ? ['package.json', 'dist'] : ['package.json', 'index.ts', 'drivers', 'models', 'runtime', 'deploy']);
+  // By default, those of the package's parts that are there (a copy may lack index.ts, say): a
+  // missing part changes the digest like any other difference, so nothing is waved through.
+  const include = options.include ?? (built ? ['package.json', 'dist'] : ['package.json', 'index.ts', 'drivers', 'models', 'runtime', 'deploy'].filter((item, i) => i === 0 || existsSync(path.join(root, item))));
   const files: string[] = [];
   for (const item of include) {
     const full = path.join(root, item);

@@ -164,7 +164,7 @@ describe('a device agent and the fleet controller', () => {
     expect(devices.find((d) => d.deviceId === 'robot-3')).toMatchObject({ state: 'online', labels: { site: 'lisbon', kind: 'amr' } });
     const text = await runCli('fleet', 'devices', '--api', controller.urls.api);
     expect(text.stderr).toBe("");
-    expect(text.stdout).toMatch(/robot-3\s+online\s+\S+\s+-\s+front-camera:up/u);
+    expect(text.stdout).toMatch(/robot-3\s+online\s+software:-\s+\S+\s+-\s+front-camera:up/u);
     const shown = await runCli('fleet', 'show', 'robot-1', '--api', controller.urls.api);
     expect(shown.stdout).toMatch(/^robot-1 {2}online/u);
     expect(shown.stdout).toMatch(/3\s+stopPipeline\s+failed\s+EAI_AGENT_PIPELINE_UNKNOWN/u);

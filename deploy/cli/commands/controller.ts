@@ -6,7 +6,10 @@ import { privateKeyFromPem, type SigningKey } from '../../../models/keys.js';
 import { Controller, prepareControllerState } from '../../controller/controller.js';
 import { DEFAULT_CONTROLLER } from '../../fleet/broker-acl.js';
 import { mosquittoConfig } from '../../fleet/mosquitto-config.js';
-import { collectList, positiveInt } from '../args.js';
+import { collectList, duration, positiveInt } from '../args.js';
+import { parseRoot, rootDigest } from '../../../models/trust/root.js';
+import { runtimeDigest } from '../../../runtime/attest/file-digest.js';
+import type { AttestationOptions } from '../../controller/attestations.js';
 
 interface BrokerConfigOptions {
   mosquitto?: boolean;
@@ -39,6 +42,10 @@ interface StartOptions {
   name: string;
   ekCa: string[];
   requireTpm?: boolean;
+  trustRoot: string[];
+  allowRuntime: string[];
+  allowPipeline: string[];
+  attestEvery: number;
   bind: string;
   brokerPort: number;
   enrolPort: number;
@@ -70,7 +77,11 @@ export function controllerCommand(): Command {
     .option('--broker <url>', 'use this broker (mqtts://host:port) instead of the embedded one')
     .addOption(new Option('--store <url>', 'keep the fleet in PostgreSQL (postgres://user@host:port/db; the password from PGPASSWORD or ~/.pgpass keeps it off the command line) instead of SQLite in --state: what controller replicas share').env('AIOS_CONTROLLER_STORE'))
     .addOption(new Option('--ek-ca <pem>', "a TPM maker's CA certificate (repeat): devices' TPMs must show an EK certificate it issued").argParser(collectList).default([]))
-    .option('--require-tpm', 'admit only devices that enrol with TPM keys (no software attestation)')
+    .option('--require-tpm', 'admit only devices that enrol with TPM keys, and appraise software evidence as untrusted')
+    .addOption(new Option('--trust-root <root.json>', "a trust root devices may hold (repeat while rotating); turns on remote attestation (docs/attestation.md)").argParser(collectList).default([]))
+    .addOption(new Option('--allow-runtime <sha256>', "an aios build devices may run (its runtime digest, repeat); default: this controller's own").argParser(collectList).default([]))
+    .addOption(new Option('--allow-pipeline <sha256>', 'a pipeline configuration digest devices may run (repeat); default: any, reported').argParser(collectList).default([]))
+    .addOption(new Option('--attest-every <duration>', 'how often each device is appraised again').default(60_000, '60s').argParser(duration('--attest-every')))
     .addOption(new Option('--name <name>', "this controller's MQTT name: aios-controller, or aios-controller-<suffix> for each further replica (list it in the broker ACL)").default('aios-controller'))
     .addOption(new Option('--bind <address>', 'address of the broker and enrolment listeners').default('0.0.0.0'))
     .addOption(new Option('--broker-port <n>', 'embedded broker (MQTT over TLS)').default(8883).argParser(positiveInt('--broker-port')))
@@ -98,6 +109,7 @@ Example:
         ...(options.store === undefined ? {} : { store: options.store }),
         ...(options.ekCa.length === 0 ? {} : { ekRoots: await Promise.all(options.ekCa.map((f) => readFile(f, 'utf8'))) }),
         ...(options.requireTpm === true ? { requireTpm: true } : {}),
+        ...(options.trustRoot.length === 0 ? {} : { attestation: await attestationOptions(options) }),
         name: options.name,
         brokerHost: options.bind,
         brokerPort: options.brokerPort,
@@ -162,4 +174,24 @@ Example:
       else process.stdout.write(`wrote ${confFile}\nwrote ${aclFile}\nstart it with: mosquitto -c ${confFile}\n`);
     });
   return controller;
+}
+
+/** The verifier's reference values from the command line: trust roots read and digested, runtimes by digest (default: this build's). */
+async function attestationOptions(options: StartOptions): Promise<AttestationOptions> {
+  const roots = await Promise.all(options.trustRoot.map(async (file) => rootDigest(parseRoot(await readFile(file), file))));
+  const hex = (list: readonly string[], option: string): string[] =>
+    list.map((d) => {
+      if (!/^[0-9a-f]{64}$/u.test(d)) throw new UsageError('EAI_CLI_USAGE', `${option} takes a lowercase hex SHA-256 (64 digits), got '${d.slice(0, 80)}'.`);
+      return d;
+    });
+  const runtimes = options.allowRuntime.length > 0 ? hex(options.allowRuntime, '--allow-runtime') : [(await runtimeDigest()).sha256];
+  return {
+    intervalMs: options.attestEvery,
+    policy: {
+      requireTpm: options.requireTpm === true,
+      allowedRuntimeDigests: runtimes,
+      allowedTrustRootDigests: roots,
+      ...(options.allowPipeline.length === 0 ? {} : { allowedPipelineConfigs: hex(options.allowPipeline, '--allow-pipeline') }),
+    },
+  };
 }

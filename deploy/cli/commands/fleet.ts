@@ -51,6 +51,7 @@ export function fleetCommand(): Command {
         `models ${d.models.map((m) => `${m.model} ${m.active}${m.previous === '' ? '' : ` (previous ${m.previous})`}`).join(', ') || '-'}`,
         `pipelines ${d.pipelines.map((p) => `${p.name} ${p.state.toLowerCase()}`).join(', ') || '-'}`,
         `telemetry #${d.telemetrySequence ?? '-'}, ${d.telemetryDropped} dropped by the device's spool`,
+        `attestation ${attested(d)}${d.attestedUnixMs === undefined ? '' : ` at ${new Date(d.attestedUnixMs).toISOString()}`}${d.attestationReason === undefined ? '' : `: ${d.attestationReason}`}`,
         '',
         'commands:',
         answer.commands.length === 0 ? '  none' : table(['seq', 'action', 'status', 'code', 'at'], answer.commands.map((c) => [String(c.sequence), c.action, c.status, c.code ?? '', new Date(c.updatedUnixMs).toISOString()])),
@@ -225,10 +226,11 @@ function share(option: string): (value: string) => number {
 function renderDevices(devices: readonly DeviceSummary[]): string {
   if (devices.length === 0) return 'no devices enrolled yet (aios fleet token, then provision a device: docs/fleet.md)\n';
   return `${table(
-    ['device', 'state', 'runtime', 'models', 'pipelines', 'cpu', 'memory', 'temp', 'accelerators'],
+    ['device', 'state', 'attested', 'runtime', 'models', 'pipelines', 'cpu', 'memory', 'temp', 'accelerators'],
     devices.map((d) => [
       d.deviceId,
       d.state,
+      attested(d),
       d.runtimeVersion ?? '-',
       d.models.map((m) => `${m.model}@${m.active}`).join(' ') || '-',
       d.pipelines.map((p) => `${p.name}:${p.state === 'RUNNING' ? 'up' : p.state.toLowerCase()}`).join(' ') || '-',
@@ -238,6 +240,11 @@ function renderDevices(devices: readonly DeviceSummary[]): string {
       d.accelerators.join(' '),
     ]),
   )}\n`;
+}
+
+/** "tpm2:trusted", "software:untrusted", "tpm2:-": the kind of key behind it and the latest appraisal. */
+function attested(d: DeviceSummary): string {
+  return `${d.attestation === undefined ? '' : `${d.attestation}:`}${d.attestationStatus ?? '-'}`;
 }
 
 /** `duration` plus days ('7d'), for token lifetimes. */

@@ -1,0 +1,53 @@
+import { createPrivateKey } from 'node:crypto';
+import path from 'node:path';
+import { Tpm } from '../../drivers/tpm/tpm.js';
+import type { ModelStore } from '../../models/store/model-store.js';
+import { rootDigest } from '../../models/trust/root.js';
+import type { TrustStore } from '../../models/trust/trust-store.js';
+import { measureRuntime, type Attester } from '../../runtime/attest/attester.js';
+import { fileDigest } from '../../runtime/attest/file-digest.js';
+import type { MeasurementType } from '../../runtime/attest/measurement.js';
+import { SoftwareAttester } from '../../runtime/attest/software-attester.js';
+import { TpmAttester } from '../../runtime/attest/tpm-attester.js';
+
+/**
+ * What the agent proves it runs (docs/attestation.md): with a TPM (`attestation.tpm` in
+ * agent.yaml) a TpmAttester over the AK registered at enrolment, otherwise a SoftwareAttester
+ * signing with the device key, which a verifier reports as `software`. Both keep their log in
+ * `<state>/attestation/`.
+ *
+ * The agent measures, into PCR 23 and the log: the runtime once per boot, the trust root, each
+ * pipeline configuration it runs, and each model bundle it activates (the manifest digest the
+ * model store recorded when it verified the bundle). An item is measured again only when its
+ * content changed since its last measurement, so a restart within a boot adds nothing.
+ */
+export async function openAttester(options: { readonly state: string; readonly tpm?: string; readonly keyPem: string }): Promise<Attester> {
+  const stateDir = path.join(options.state, 'attestation');
+  if (options.tpm !== undefined) return TpmAttester.open({ tpm: new Tpm({ tcti: options.tpm }), stateDir });
+  return SoftwareAttester.open({ stateDir, privateKey: createPrivateKey(options.keyPem) });
+}
+
+/** Measures the runtime, the trust root, the pipeline files and the active model bundles (each only when new). */
+export async function measureDevice(attester: Attester, parts: { readonly trust: TrustStore; readonly store: ModelStore; readonly pipelineFiles: readonly string[] }): Promise<void> {
+  await measureRuntime(attester);
+  await measureOnce(attester, 'trust-root', `root.json v${parts.trust.root.signed.version}`, rootDigest(parts.trust.root));
+  for (const file of parts.pipelineFiles) await measurePipeline(attester, file);
+  await measureModels(attester, parts.store);
+}
+
+/** Measures a pipeline configuration file (named by its file name; a setConfig override is `<pipeline>.yaml`). */
+export async function measurePipeline(attester: Attester, file: string): Promise<void> {
+  await measureOnce(attester, 'pipeline-config', path.basename(file), await fileDigest(file));
+}
+
+/** Measures each model's active bundle (after a deployment or rollback switched one). */
+export async function measureModels(attester: Attester, store: ModelStore): Promise<void> {
+  for (const entry of await store.list()) {
+    if (entry.active !== undefined) await measureOnce(attester, 'model-bundle', `${entry.model}@${entry.active.version}`, entry.active.manifestDigest);
+  }
+}
+
+async function measureOnce(attester: Attester, type: MeasurementType, name: string, sha256: string): Promise<void> {
+  const last = [...attester.events].reverse().find((e) => e.type === type && e.name === name);
+  if (last?.sha256 !== sha256) await attester.measure(type, name, sha256);
+}

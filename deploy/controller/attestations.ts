@@ -1,0 +1,182 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Challenge } from '../../runtime/attest/challenge.js';
+import { decodeEvidence, EVIDENCE_FORMAT, type Evidence } from '../../runtime/attest/evidence.js';
+import type { MeasurementEvent } from '../../runtime/attest/measurement.js';
+import type { Policy } from '../../runtime/attest/policy.js';
+import type { AttestationResult, AttestationStatus } from '../../runtime/attest/result.js';
+import { verifyEvidence, type RegisteredKeys } from '../../runtime/attest/verify.js';
+import { aios } from '../proto/gen/aios.js';
+import { decodeMessage } from '../fleet/wire.js';
+import type { CommandQueue } from './commands.js';
+import type { Deployments } from './deployments.js';
+import type { DeviceRegistry } from './devices.js';
+import type { ControllerStore } from './store.js';
+
+/**
+ * The controller as RATS verifier and relying party: it challenges each device with a fresh
+ * nonce when the device connects and every `intervalMs` (a signed RequestAttestation command),
+ * appraises the evidence that comes back on the device's `attestation` topic against the key the
+ * device registered at enrolment and the policy for that device (runtime/attest/verify.ts), and
+ * keeps the latest result per device, which `aios fleet devices` shows and rollouts and model
+ * key release consult.
+ *
+ * The policy's reference values: the runtimes and trust roots the operator allows, pipeline
+ * configurations (any, unless listed), and — per device — the manifests of every bundle deployed
+ * to it, since its log since boot may show any of them.
+ *
+ * Challenges live in the store, so a replica other than the one that asked can appraise the
+ * answer; one replica (the rollout lead) runs the periodic challenges.
+ */
+export interface AttestationPolicy {
+  /** Refuse `software` evidence. Default false: a device without a TPM is appraised, and shown as software. */
+  readonly requireTpm?: boolean;
+  /** Longest time from a challenge to its evidence; default 120 s. */
+  readonly maxAgeMs?: number;
+  /** runtimeDigest() of each aios build devices may run. */
+  readonly allowedRuntimeDigests: readonly string[];
+  /** rootDigest() of each trust root devices may hold. */
+  readonly allowedTrustRootDigests: readonly string[];
+  /** Pipeline configuration digests allowed; default any (their digests are reported in the claims). */
+  readonly allowedPipelineConfigs?: readonly string[];
+  /** Model bundle manifests allowed on every device beyond those deployed to it (models baked into the image). */
+  readonly extraModelBundles?: readonly string[];
+  /** Golden firmware PCR values (sha256 bank). */
+  readonly firmwarePcrs?: Readonly<Record<number, string>>;
+}
+
+export interface AttestationOptions {
+  readonly policy: AttestationPolicy;
+  /** How often a device is appraised again; default 60 s. */
+  readonly intervalMs?: number;
+  readonly now?: () => number;
+}
+
+export interface StoredAttestation {
+  readonly status: AttestationStatus;
+  readonly verifiedUnixMs: number;
+  readonly result: AttestationResult;
+}
+
+export class Attestations extends EventEmitter<{ result: [string, AttestationResult] }> {
+  readonly intervalMs: number;
+  readonly #db: ControllerStore;
+  readonly #commands: CommandQueue;
+  readonly #registry: DeviceRegistry;
+  readonly #deployments: Deployments;
+  readonly #policy: AttestationPolicy;
+  readonly #now: () => number;
+  /** The registered key per device, the same object each time (the verifier caches its decoding per object). */
+  readonly #keys = new Map<string, { ak: Buffer; keys: RegisteredKeys }>();
+
+  constructor(db: ControllerStore, options: AttestationOptions & { readonly commands: CommandQueue; readonly registry: DeviceRegistry; readonly deployments: Deployments }) {
+    super();
+    this.#db = db;
+    this.#commands = options.commands;
+    this.#registry = options.registry;
+    this.#deployments = options.deployments;
+    this.#policy = options.policy;
+    this.intervalMs = options.intervalMs ?? 60_000;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Sends `deviceId` a fresh nonce to attest over; resolves with it once the broker has the command. */
+  async challenge(deviceId: string): Promise<Uint8Array> {
+    const nonce = randomBytes(32);
+    await this.#db.run('INSERT INTO attestation_challenges (device_id, nonce, issued_ms) VALUES (?, ?, ?)', deviceId, nonce, this.#now());
+    await this.#commands.send(deviceId, { requestAttestation: { nonce } }, { ttlMs: this.#maxAgeMs() });
+    return nonce;
+  }
+
+  /** Challenges the online devices whose last appraisal is older than the interval (and not asked since). */
+  async tick(): Promise<number> {
+    const now = this.#now();
+    const due = await this.#db.all<{ device_id: string }>(
+      "SELECT device_id FROM devices WHERE state = 'online' AND (attestation_ms IS NULL OR attestation_ms < ?) AND device_id NOT IN (SELECT device_id FROM attestation_challenges WHERE issued_ms > ?)",
+      now - this.intervalMs,
+      now - Math.min(this.intervalMs, this.#maxAgeMs()),
+    );
+    await Promise.all(due.map((d) => this.challenge(d.device_id)));
+    await this.#db.run('DELETE FROM attestation_challenges WHERE issued_ms < ?', now - 10 * Math.max(this.intervalMs, this.#maxAgeMs()));
+    return due.length;
+  }
+
+  /** Appraises one AttestationEvidence message from `deviceId`; never throws for what the device sent. */
+  async receive(deviceId: string, payload: Uint8Array): Promise<AttestationResult> {
+    const now = this.#now();
+    // Whatever arrives goes to the verifier, which appraises malformed evidence as untrusted with
+    // the reason; only well-formed evidence can redeem a challenge.
+    let evidence: unknown = { format: 'not protobuf AttestationEvidence' };
+    let challenge: Challenge | undefined;
+    try {
+      const message = decodeMessage(aios.fleet.v1.AttestationEvidence, payload, `attestation evidence of ${deviceId}`);
+      evidence = { format: message.format.slice(0, 64) };
+      if (message.format === EVIDENCE_FORMAT) {
+        evidence = JSON.parse(Buffer.from(message.evidence).toString('utf8')) as unknown;
+        const decoded = decodeEvidence(evidence);
+        evidence = decoded;
+        challenge = await this.#redeem(deviceId, decoded.nonce, now);
+      }
+    } catch {
+      // appraised below, as what it is
+    }
+    const result = verifyEvidence({ evidence: evidence as Evidence, device: await this.#registeredKeys(deviceId), challenge, policy: await this.#policyFor(deviceId), now });
+    return this.#record(deviceId, result);
+  }
+
+  /** The latest appraisal of `deviceId`. */
+  async latest(deviceId: string): Promise<StoredAttestation | undefined> {
+    const row = await this.#db.get<{ attestation_status: AttestationStatus | null; attestation_ms: number | null; attestation_result: string | null }>('SELECT attestation_status, attestation_ms, attestation_result FROM devices WHERE device_id = ?', deviceId);
+    if (row?.attestation_status == null || row.attestation_ms === null || row.attestation_result === null) return undefined;
+    return { status: row.attestation_status, verifiedUnixMs: row.attestation_ms, result: JSON.parse(row.attestation_result) as AttestationResult };
+  }
+
+  /** Whether `deviceId`'s latest appraisal is `trusted` and at most `maxAgeMs` old (default: the interval plus the evidence's allowed age). */
+  async trusted(deviceId: string, maxAgeMs = this.intervalMs + this.#maxAgeMs()): Promise<boolean> {
+    const latest = await this.latest(deviceId);
+    return latest !== undefined && latest.status === 'trusted' && this.#now() - latest.verifiedUnixMs <= maxAgeMs;
+  }
+
+  #maxAgeMs(): number {
+    return this.#policy.maxAgeMs ?? 120_000;
+  }
+
+  /** The challenge as it was before this answer, marked answered (replica-safe: one UPDATE wins). */
+  async #redeem(deviceId: string, nonce: Uint8Array, now: number): Promise<Challenge | undefined> {
+    const row = await this.#db.get<{ issued_ms: number; answered_ms: number | null }>('SELECT issued_ms, answered_ms FROM attestation_challenges WHERE device_id = ? AND nonce = ?', deviceId, Buffer.from(nonce));
+    if (row === undefined) return undefined;
+    if (row.answered_ms !== null) return { nonce, issuedAt: row.issued_ms, answeredAt: row.answered_ms };
+    const won = await this.#db.run('UPDATE attestation_challenges SET answered_ms = ? WHERE device_id = ? AND nonce = ? AND answered_ms IS NULL', now, deviceId, Buffer.from(nonce));
+    return won === 1 ? { nonce, issuedAt: row.issued_ms } : { nonce, issuedAt: row.issued_ms, answeredAt: now };
+  }
+
+  async #registeredKeys(deviceId: string): Promise<RegisteredKeys> {
+    const identity = await this.#registry.attestationIdentity(deviceId);
+    if (identity === undefined) return {};
+    const cached = this.#keys.get(deviceId);
+    if (cached !== undefined && cached.ak.equals(identity.akPublic)) return cached.keys;
+    const keys: RegisteredKeys = identity.kind === 'tpm2' ? { akPublic: identity.akPublic } : { softwareKey: identity.akPublic };
+    this.#keys.set(deviceId, { ak: identity.akPublic, keys });
+    return keys;
+  }
+
+  async #policyFor(deviceId: string): Promise<Policy> {
+    const p = this.#policy;
+    const allowedConfigs = p.allowedPipelineConfigs;
+    return {
+      requireTpm: p.requireTpm ?? false,
+      maxAgeMs: this.#maxAgeMs(),
+      allowedRuntimeDigests: p.allowedRuntimeDigests,
+      allowedTrustRootDigests: p.allowedTrustRootDigests,
+      allowedPipelineConfigs: allowedConfigs ?? ((_event: MeasurementEvent) => true),
+      expectedModelBundles: [...(await this.#deployments.manifestsFor(deviceId)), ...(p.extraModelBundles ?? [])],
+      ...(p.firmwarePcrs === undefined ? {} : { firmwarePcrs: p.firmwarePcrs }),
+    };
+  }
+
+  async #record(deviceId: string, result: AttestationResult): Promise<AttestationResult> {
+    await this.#db.run('UPDATE devices SET attestation_status = ?, attestation_ms = ?, attestation_result = ? WHERE device_id = ?', result.status, this.#now(), JSON.stringify(result), deviceId);
+    this.emit('result', deviceId, result);
+    return result;
+  }
+}
