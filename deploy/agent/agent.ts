@@ -32,7 +32,11 @@ import { TelemetrySampler } from './telemetry.js';
 import { Tpm } from '../../drivers/tpm/tpm.js';
 import type { Attester } from '../../runtime/attest/attester.js';
 import { EVIDENCE_FORMAT, encodeEvidence } from '../../runtime/attest/evidence.js';
-import { measureDevice, measureModels, measurePipeline, openAttester } from './attestation.js';
+import { measureDevice, measureModels, measurePipeline, openAttester, openReleasedKey } from './attestation.js';
+import type { X25519Identity } from '../../models/bundle/age/keys.js';
+
+/** How long a key-release deployment waits for its key before it fails. */
+const KEY_WAIT_MS = 10 * 60_000;
 
 /**
  * `aios agent`: a device's side of the fleet. It enrols on first boot, connects to the broker
@@ -81,6 +85,12 @@ export class Agent {
   readonly #abort = new AbortController();
   readonly #trust: TrustStore;
   readonly #attester: Attester;
+  readonly #identities: readonly X25519Identity[];
+  /** Released model keys by deployment (memory only), and deployments waiting for theirs. */
+  readonly #keys = new Map<string, Uint8Array>();
+  readonly #keyWaiters = new Map<string, (key: Uint8Array) => void>();
+  /** RequestAttestation sequences already answered (ahead of the queue). */
+  readonly #attested = new Set<number>();
   readonly #gate: CommandGate;
   readonly #spool: Spool;
   readonly #client: MqttClient;
@@ -94,7 +104,7 @@ export class Agent {
   #lastTick = 0;
   #stopped = false;
 
-  private constructor(config: AgentConfig, options: AgentOptions, parts: { identity: DeviceIdentity; store: ModelStore; decrypt: DecryptFactory | undefined; hardware: aios.fleet.v1.IHardware; sys: SysRoot; devices: readonly DeviceInfo[]; hal: HalRegistry; trust: TrustStore; attester: Attester; gate: CommandGate; spool: Spool; client: MqttClient; pipelines: Map<string, RunningPipeline>; bootId: string }) {
+  private constructor(config: AgentConfig, options: AgentOptions, parts: { identity: DeviceIdentity; store: ModelStore; decrypt: DecryptFactory | undefined; hardware: aios.fleet.v1.IHardware; sys: SysRoot; devices: readonly DeviceInfo[]; hal: HalRegistry; trust: TrustStore; attester: Attester; identities: readonly X25519Identity[]; gate: CommandGate; spool: Spool; client: MqttClient; pipelines: Map<string, RunningPipeline>; bootId: string }) {
     this.config = config;
     this.#options = options;
     this.#log = options.log ?? (() => undefined);
@@ -112,6 +122,7 @@ export class Agent {
     });
     this.#trust = parts.trust;
     this.#attester = parts.attester;
+    this.#identities = parts.identities;
     this.#gate = parts.gate;
     this.#spool = parts.spool;
     this.#client = parts.client;
@@ -133,8 +144,8 @@ export class Agent {
     const store = await ModelStore.open(config.models);
     ModelCatalog.shared().useStore(store.root);
     let decrypt: DecryptFactory | undefined;
+    let identities: X25519Identity[] = [];
     if (config.identity !== undefined) {
-      let identities;
       try {
         identities = parseIdentityFile(await readFile(config.identity, 'utf8'));
       } catch (cause) {
@@ -182,7 +193,7 @@ export class Agent {
       key: identity.keyPem,
       will: { topic: statusTopic, payload: Buffer.from(lost), qos: 1, retain: true },
     });
-    const agent = new Agent(config, options, { identity, store, decrypt, hardware, sys, devices, hal, trust, attester, gate, spool, client, pipelines, bootId });
+    const agent = new Agent(config, options, { identity, store, decrypt, hardware, sys, devices, hal, trust, attester, identities, gate, spool, client, pipelines, bootId });
     agent.#wire();
     return agent;
   }
@@ -249,6 +260,8 @@ export class Agent {
     this.#client.on('close', () => this.#log({ msg: 'disconnected' }));
     this.#client.on('message', (topic, payload) => {
       if (topic !== deviceTopic(fleet, device, 'commands')) return;
+      // Attestation and released keys do not wait behind a deployment, which may be waiting for them.
+      this.#actAhead(payload);
       // One command at a time, in arrival order: sequences must be admitted in order.
       this.#commandQueue = this.#commandQueue.then(() => this.#command(payload)).catch((error: unknown) => this.#log({ msg: 'command handling failed', error: String(error) }));
     });
@@ -394,19 +407,87 @@ export class Agent {
         await this.#republishBirth();
         return `${model} is back at ${slot.version}`;
       }
+      case 'releaseKey': {
+        const id = c.releaseKey?.deploymentId ?? '';
+        if (!this.#keys.has(id)) await this.#takeKey(c.releaseKey ?? {});
+        return `key for deployment ${id} received`;
+      }
       case 'requestAttestation': {
-        // What runs now: a deployment or rollback since the last evidence switched models, a
-        // setConfig replaced a pipeline's configuration.
-        await measureModels(this.#attester, this.#store);
-        for (const p of this.#pipelines.values()) await measurePipeline(this.#attester, p.override ?? p.file);
-        const evidence = await this.#attester.evidence(c.requestAttestation?.nonce ?? new Uint8Array(0));
-        const payload = aios.fleet.v1.AttestationEvidence.encode({ commandSequence: admitted.sequence, format: EVIDENCE_FORMAT, evidence: Buffer.from(encodeEvidence(evidence)) }).finish();
-        await this.#client.publishAsync(deviceTopic(this.config.fleet, this.config.device, 'attestation'), Buffer.from(payload), { qos: 1 });
-        return `${evidence.kind} evidence over ${evidence.log.length} measurements sent`;
+        if (this.#attested.has(admitted.sequence)) return 'evidence sent when the command arrived';
+        this.#attested.add(admitted.sequence);
+        return this.#attest(c, admitted.sequence);
       }
       default:
         throw new FleetError('EAI_AGENT_UNSUPPORTED', `this agent (${VERSION}) does not carry out '${admitted.action}' commands yet; the command was verified and not acted on.`, { details: { action: admitted.action } });
     }
+  }
+
+  /**
+   * Commands that act ahead of the queue, verified (signature, device, expiry) but not yet
+   * admitted: a ReleaseKey (what it carries only this device can open) and a RequestAttestation
+   * (evidence over a verifier's nonce; the verifier refuses a second answer). Both are what a
+   * key-release deployment, which holds the queue, is waiting for. The queue admits them in turn
+   * and acks them then.
+   */
+  #actAhead(payload: Buffer): void {
+    let verified;
+    try {
+      verified = this.#gate.verify(payload);
+    } catch {
+      return; // the queue refuses it in turn, with the reason
+    }
+    const failed = (error: unknown): void => this.#log({ msg: `${verified.action} ahead of the queue failed`, error: error instanceof Error ? error.message : String(error) });
+    if (verified.action === 'releaseKey') void this.#takeKey(verified.command.releaseKey ?? {}).catch(failed);
+    if (verified.action === 'requestAttestation' && !this.#attested.has(verified.sequence)) {
+      this.#attested.add(verified.sequence);
+      void this.#attest(verified.command, verified.sequence).catch(failed);
+    }
+  }
+
+  /** Measures what runs now and publishes evidence over the command's nonce. */
+  async #attest(c: aios.fleet.v1.ICommand, sequence: number): Promise<string> {
+    // A deployment or rollback since the last evidence switched models, a setConfig replaced a
+    // pipeline's configuration.
+    await measureModels(this.#attester, this.#store);
+    for (const p of this.#pipelines.values()) await measurePipeline(this.#attester, p.override ?? p.file);
+    const evidence = await this.#attester.evidence(c.requestAttestation?.nonce ?? new Uint8Array(0));
+    const payload = aios.fleet.v1.AttestationEvidence.encode({ commandSequence: sequence, format: EVIDENCE_FORMAT, evidence: Buffer.from(encodeEvidence(evidence)) }).finish();
+    await this.#client.publishAsync(deviceTopic(this.config.fleet, this.config.device, 'attestation'), Buffer.from(payload), { qos: 1 });
+    return `${evidence.kind} evidence over ${evidence.log.length} measurements sent`;
+  }
+
+  async #takeKey(release: aios.fleet.v1.IReleaseKey): Promise<void> {
+    const id = release.deploymentId ?? '';
+    const key = await openReleasedKey(release, { keyPem: this.#identity.keyPem, ...(this.config.tpm === undefined ? {} : { tpm: this.config.tpm }) });
+    this.#keys.set(id, key);
+    this.#keyWaiters.get(id)?.(key);
+    this.#log({ msg: 'key released', deploymentId: id });
+  }
+
+  /** The key for `deploymentId` once released; gives up after KEY_WAIT_MS or when the agent stops. */
+  #awaitKey(deploymentId: string): Promise<Uint8Array> {
+    const known = this.#keys.get(deploymentId);
+    if (known !== undefined) return Promise.resolve(known);
+    return new Promise((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#keyWaiters.delete(deploymentId);
+        this.#abort.signal.removeEventListener('abort', stopped);
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new FleetError('EAI_OTA_KEY_NOT_RELEASED', `the controller did not release the key of deployment ${deploymentId} within ${KEY_WAIT_MS / 60_000} minutes: it releases keys only to devices whose attestation it trusts now (see \`aios fleet show ${this.config.device}\`).`, { details: { deploymentId } }));
+      }, KEY_WAIT_MS);
+      const stopped = (): void => {
+        done();
+        reject(new FleetError('EAI_OTA_CANCELLED', `the agent stopped while deployment ${deploymentId} waited for its key; it asks again on the next start.`));
+      };
+      this.#abort.signal.addEventListener('abort', stopped, { once: true });
+      this.#keyWaiters.set(deploymentId, (key) => {
+        done();
+        resolve(key);
+      });
+    });
   }
 
   #deployment(): DeploymentContext {
@@ -419,6 +500,8 @@ export class Agent {
       trust: this.#trust,
       catalog: ModelCatalog.shared(),
       ...(this.#decrypt === undefined ? {} : { decrypt: this.#decrypt }),
+      identities: this.#identities,
+      awaitKey: (deploymentId) => this.#awaitKey(deploymentId),
       window: this.config.otaWindow,
       pipelines: () =>
         [...this.#pipelines.values()].flatMap((p) =>

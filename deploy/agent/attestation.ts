@@ -1,6 +1,10 @@
 import { createPrivateKey } from 'node:crypto';
 import path from 'node:path';
-import { Tpm } from '../../drivers/tpm/tpm.js';
+import { decodeCredentialFile } from '../../drivers/tpm/credential.js';
+import { DEFAULT_AK_HANDLE, EK_DEFAULTS, Tpm } from '../../drivers/tpm/tpm.js';
+import { aios } from '../proto/gen/aios.js';
+import { FleetError } from '../fleet/errors.js';
+import { openOnDevice } from '../fleet/key-wrap.js';
 import type { ModelStore } from '../../models/store/model-store.js';
 import { rootDigest } from '../../models/trust/root.js';
 import type { TrustStore } from '../../models/trust/trust-store.js';
@@ -45,6 +49,20 @@ export async function measureModels(attester: Attester, store: ModelStore): Prom
   for (const entry of await store.list()) {
     if (entry.active !== undefined) await measureOnce(attester, 'model-bundle', `${entry.model}@${entry.active.version}`, entry.active.manifestDigest);
   }
+}
+
+/**
+ * Opens a released model key: a TPM credential is activated by this device's TPM (which works
+ * only for the EK and AK it enrolled), a sealed key with the device's private key.
+ */
+export async function openReleasedKey(release: aios.fleet.v1.IReleaseKey, device: { readonly tpm?: string; readonly keyPem: string }): Promise<Buffer> {
+  const deploymentId = release.deploymentId ?? '';
+  if (release.tpmCredential != null && release.tpmCredential.length > 0) {
+    if (device.tpm === undefined) throw new FleetError('EAI_FLEET_KEY_WRAP', `the key for deployment ${deploymentId} was wrapped to a TPM, and this agent has none configured (attestation.tpm in agent.yaml).`);
+    return new Tpm({ tcti: device.tpm }).activateCredential(decodeCredentialFile(release.tpmCredential), { ekHandle: EK_DEFAULTS.rsa.handle, akHandle: DEFAULT_AK_HANDLE });
+  }
+  if (release.sealed != null && release.sealed.length > 0) return openOnDevice(createPrivateKey(device.keyPem), deploymentId, release.sealed);
+  throw new FleetError('EAI_FLEET_KEY_WRAP', `the ReleaseKey for deployment ${deploymentId} carries no wrapped key.`);
 }
 
 async function measureOnce(attester: Attester, type: MeasurementType, name: string, sha256: string): Promise<void> {

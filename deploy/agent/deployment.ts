@@ -3,6 +3,8 @@ import path from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { AiosError } from '../../drivers/errors.js';
 import type { DecryptFactory } from '../../models/bundle/bundle.js';
+import { X25519Identity } from '../../models/bundle/age/keys.js';
+import { createDecryption } from '../../models/bundle/age/stream.js';
 import { fileSource } from '../../models/bundle/tar.js';
 import { writeFileAtomic } from '../../models/atomic-write.js';
 import { installBundle } from '../../models/store/install-bundle.js';
@@ -62,6 +64,10 @@ export interface DeploymentContext {
   readonly trust: TrustStore;
   readonly catalog: ModelCatalog;
   readonly decrypt?: DecryptFactory;
+  /** The device's own age identities (a released key is tried with them). */
+  readonly identities?: readonly X25519Identity[];
+  /** The key of a key-release deployment, once the controller sends it (after a trusted attestation). */
+  readonly awaitKey?: (deploymentId: string) => Promise<Uint8Array>;
   readonly window: number;
   /** Stats of the running pipelines, and which of their stages run `store:<model>`. */
   readonly pipelines: () => readonly { readonly stats: PipelineStats; readonly running: boolean; readonly stagesUsing: (model: string) => readonly string[] }[];
@@ -173,8 +179,18 @@ async function continueDeployment(ctx: DeploymentContext, start: DeploymentRecor
     const bundle = path.join(ctx.state, 'downloads', `${deploy.bundleSha256}.bundle`);
     let slot: Slot;
     if (record.phase === 'installing') {
+      let decrypt = ctx.decrypt;
+      if (deploy.keyRelease === true) {
+        // The bundle is useless without a key the controller releases only to a device whose
+        // attestation it trusts: ask (this event), then wait; the key lives in memory only.
+        if (ctx.awaitKey === undefined) throw new FleetError('EAI_OTA_KEY_NOT_RELEASED', `deployment ${record.deploymentId} needs a released key and this agent cannot receive one.`);
+        await progress(P.AWAITING_KEY);
+        const released = X25519Identity.fromSecretKey(await ctx.awaitKey(record.deploymentId));
+        const identities = [...(ctx.identities ?? []), released];
+        decrypt = () => createDecryption(identities);
+      }
       await progress(P.VERIFYING);
-      slot = await installBundle(ctx.store, () => fileSource(bundle), ctx.trust.policy('models'), ctx.decrypt === undefined ? {} : { decrypt: ctx.decrypt });
+      slot = await installBundle(ctx.store, () => fileSource(bundle), ctx.trust.policy('models'), decrypt === undefined ? {} : { decrypt });
       installed = slot;
       if (slot.model !== record.model || slot.version !== record.version) {
         throw new FleetError('EAI_OTA_BUNDLE_MISMATCH', `the bundle holds ${slot.model} ${slot.version}, the Deploy command announced ${record.model} ${record.version}; the command and the bundle do not belong together.`, { details: { bundle: `${slot.model}@${slot.version}`, command: `${record.model}@${record.version}` } });

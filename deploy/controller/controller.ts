@@ -15,6 +15,7 @@ import { FleetBroker, listen } from '../fleet/broker.js';
 import { createCertificateAuthority, issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
 import { everyDevice, parseDeviceTopic, sharedFilter, topicLevel } from '../fleet/topics.js';
 import { Attestations, type AttestationOptions } from './attestations.js';
+import { KeyRelease } from './key-release.js';
 import { wholeNumber } from '../fleet/wire.js';
 import { CommandQueue } from './commands.js';
 import { Deployments } from './deployments.js';
@@ -178,7 +179,10 @@ export class Controller {
       return moved === undefined ? undefined : () => deployments.announce(moved.deploymentId, moved.target);
     });
     const rollouts = new Rollouts(db, { deployments, registry, commands, now, leads: () => db.lead(ROLLOUT_LEAD) });
-    if (options.attestation !== undefined) attestations = new Attestations(db, { ...options.attestation, commands, registry, deployments, now });
+    if (options.attestation !== undefined) {
+      attestations = new Attestations(db, { ...options.attestation, commands, registry, deployments, now });
+      new KeyRelease(db, { commands, attestations, registry, deployments, log });
+    }
     const verifier = attestations;
     // A restarted controller picks up running rollouts; a periodic tick also catches progress that
     // arrived while no event came (a device that commits while the controller restarts).

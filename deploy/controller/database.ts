@@ -144,6 +144,11 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (device_id, nonce)
   );
   `,
+  // Key release: the age identity a deployment's bundle is encrypted to, held back until a device's
+  // attestation is trusted. A secret: the store is protected like the fleet CA's key.
+  `
+  ALTER TABLE deployments ADD COLUMN release_key BLOB;
+  `,
 ];
 
 const newer = (where: string) => (current: number, known: number): Error =>

@@ -5,6 +5,7 @@ import { inspectBundle } from '../../models/bundle/bundle.js';
 import { fileSource } from '../../models/bundle/tar.js';
 import { aios } from '../proto/gen/aios.js';
 import { FleetError } from '../fleet/errors.js';
+import type { X25519Identity } from '../../models/bundle/age/keys.js';
 import type { CommandQueue } from './commands.js';
 import type { ControllerStore, Sql } from './store.js';
 import { chunkDigests, type BundleFile, type BundleQuery } from './ota-server.js';
@@ -34,9 +35,11 @@ export interface DeploymentInfo {
   readonly chunkSize: number;
   readonly health: HealthPolicy;
   readonly createdUnixMs: number;
+  /** The bundle is encrypted to a key released to each device only after a trusted attestation. */
+  readonly keyRelease: boolean;
 }
 
-export type TargetPhase = 'sent' | 'DOWNLOADING' | 'VERIFYING' | 'INSTALLING' | 'ACTIVATING' | 'HEALTH_CHECK' | 'COMMITTED' | 'ROLLED_BACK' | 'FAILED';
+export type TargetPhase = 'sent' | 'DOWNLOADING' | 'AWAITING_KEY' | 'VERIFYING' | 'INSTALLING' | 'ACTIVATING' | 'HEALTH_CHECK' | 'COMMITTED' | 'ROLLED_BACK' | 'FAILED';
 
 export interface TargetStatus {
   readonly deviceId: string;
@@ -79,7 +82,7 @@ export class Deployments {
    * away), its model and version read from its manifest, its chunks hashed. Devices verify the
    * bundle's signatures themselves before installing; the controller only ships it.
    */
-  async create(bundle: string, options: { readonly health?: Partial<HealthPolicy>; readonly chunkSize?: number; readonly id?: string } = {}): Promise<DeploymentInfo> {
+  async create(bundle: string, options: { readonly health?: Partial<HealthPolicy>; readonly chunkSize?: number; readonly id?: string; readonly releaseKey?: X25519Identity } = {}): Promise<DeploymentInfo> {
     const inspected = await inspectBundle(fileSource(bundle));
     const predicate = inspected.statement?.predicate;
     if (predicate === undefined) throw new FleetError('EAI_FLEET_DEPLOY_BUNDLE', `${bundle} is not a readable model bundle (${inspected.issues.join('; ') || 'no manifest'}); pack it with aios bundle pack.`, { details: { bundle } });
@@ -96,7 +99,7 @@ export class Deployments {
     const id = options.id ?? `${predicate.name}-${predicate.version}-${randomBytes(3).toString('hex')}`;
     const created = this.#now();
     await this.#db.run(
-      'INSERT INTO deployments (id, model, version, bundle_path, bundle_sha256, bundle_size, chunk_size, chunk_sha256, health, created_ms, manifest_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO deployments (id, model, version, bundle_path, bundle_sha256, bundle_size, chunk_size, chunk_sha256, health, created_ms, manifest_sha256, release_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       id,
       predicate.name,
       predicate.version,
@@ -108,8 +111,9 @@ export class Deployments {
       JSON.stringify(health),
       created,
       inspected.payloadSha256,
+      options.releaseKey?.secretKey() ?? null,
     );
-    return { id, model: predicate.name, version: predicate.version, bundleSha256: digests.sha256, bundleSize: digests.size, chunkSize, health, createdUnixMs: created };
+    return { id, model: predicate.name, version: predicate.version, bundleSha256: digests.sha256, bundleSize: digests.size, chunkSize, health, createdUnixMs: created, keyRelease: options.releaseKey !== undefined };
   }
 
   /** Sends the Deploy command to each device not yet targeted; returns their rows. */
@@ -128,7 +132,7 @@ export class Deployments {
       try {
         command = await this.#commands.send(
           device,
-          { deploy: { deploymentId, model: d.model, version: d.version, bundleSize: d.bundle_size, bundleSha256: d.bundle_sha256, chunkSize: d.chunk_size, chunkSha256, pipelines: [...(options.pipelines ?? [])], health: { windowS: health.windowS, maxErrorRate: health.maxErrorRate, maxLatencyP99Ms: health.maxLatencyP99Ms } } },
+          { deploy: { deploymentId, model: d.model, version: d.version, bundleSize: d.bundle_size, bundleSha256: d.bundle_sha256, chunkSize: d.chunk_size, chunkSha256, pipelines: [...(options.pipelines ?? [])], health: { windowS: health.windowS, maxErrorRate: health.maxErrorRate, maxLatencyP99Ms: health.maxLatencyP99Ms }, keyRelease: d.release_key !== null } },
           // A big bundle on a slow link takes a while to start; the command itself only has to arrive.
           { ttlMs: options.ttlMs ?? 24 * 3_600_000 },
         );
@@ -152,7 +156,7 @@ export class Deployments {
     const phase = aios.fleet.v1.DeploymentProgress.Phase[p.phase ?? 0] as TargetPhase | 'PHASE_UNSPECIFIED' | undefined;
     if (phase === undefined || phase === 'PHASE_UNSPECIFIED' || !p.deploymentId) return undefined;
     // Phases only move forward; a replayed earlier event (the device's spool sends at least once) changes nothing.
-    const order: readonly string[] = ['sent', 'DOWNLOADING', 'VERIFYING', 'INSTALLING', 'ACTIVATING', 'HEALTH_CHECK', 'COMMITTED', 'ROLLED_BACK', 'FAILED'];
+    const order: readonly string[] = ['sent', 'DOWNLOADING', 'AWAITING_KEY', 'VERIFYING', 'INSTALLING', 'ACTIVATING', 'HEALTH_CHECK', 'COMMITTED', 'ROLLED_BACK', 'FAILED'];
     const row = await tx.get<{ phase: string }>('SELECT phase FROM deployment_targets WHERE deployment_id = ? AND device_id = ?', p.deploymentId, deviceId);
     if (row === undefined) return undefined;
     const final = ['COMMITTED', 'ROLLED_BACK', 'FAILED'];
@@ -191,7 +195,13 @@ export class Deployments {
 
   async get(deploymentId: string): Promise<DeploymentInfo> {
     const d = await this.#row(deploymentId);
-    return { id: d.id, model: d.model, version: d.version, bundleSha256: d.bundle_sha256, bundleSize: d.bundle_size, chunkSize: d.chunk_size, health: JSON.parse(d.health) as HealthPolicy, createdUnixMs: d.created_ms };
+    return { id: d.id, model: d.model, version: d.version, bundleSha256: d.bundle_sha256, bundleSize: d.bundle_size, chunkSize: d.chunk_size, health: JSON.parse(d.health) as HealthPolicy, createdUnixMs: d.created_ms, keyRelease: d.release_key !== null };
+  }
+
+  /** The key a key-release deployment's bundle is encrypted to (undefined for others). */
+  async releaseKey(deploymentId: string): Promise<Buffer | undefined> {
+    const d = await this.#row(deploymentId);
+    return d.release_key === null ? undefined : Buffer.from(d.release_key);
   }
 
   async list(): Promise<readonly DeploymentInfo[]> {
@@ -281,6 +291,7 @@ interface DeploymentRow {
   chunk_sha256: Uint8Array;
   health: string;
   created_ms: number;
+  release_key: Uint8Array | null;
 }
 
 interface TargetRow {

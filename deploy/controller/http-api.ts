@@ -6,6 +6,9 @@ import type { Deployments, HealthPolicy } from './deployments.js';
 import type { DeviceRegistry } from './devices.js';
 import type { Enrolment } from './enrolment.js';
 import type { TpmEnrolmentRequest } from './tpm-enrolment.js';
+import { readFile } from 'node:fs/promises';
+import { parseIdentityFile, type X25519Identity } from '../../models/bundle/age/keys.js';
+import { FleetError } from '../fleet/errors.js';
 import type { Rollouts, RolloutSpec, StageSpec } from './rollouts.js';
 
 /**
@@ -149,9 +152,11 @@ async function rolloutRoute(api: OperatorApi, req: IncomingMessage, rest: readon
   try {
     if (req.method === 'GET' && rest.length === 0) return reply(200, { rollouts: await api.rollouts.list() });
     if (req.method === 'POST' && rest.length === 0) {
-      const body = (await readJson(req)) as { bundle?: unknown; target?: RolloutSpec['target']; stages?: StageSpec[]; health?: Partial<HealthPolicy>; chunkSize?: number; successThreshold?: number; errorThreshold?: number; rollbackOnFailure?: boolean };
+      const body = (await readJson(req)) as { bundle?: unknown; releaseKey?: unknown; target?: RolloutSpec['target']; stages?: StageSpec[]; health?: Partial<HealthPolicy>; chunkSize?: number; successThreshold?: number; errorThreshold?: number; rollbackOnFailure?: boolean };
       if (typeof body.bundle !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ROLLOUT_INVALID', message: 'the body needs "bundle": the path of a model bundle on the controller host' } });
-      const deployment = await api.deployments.create(body.bundle, { ...(body.health === undefined ? {} : { health: body.health }), ...(body.chunkSize === undefined ? {} : { chunkSize: body.chunkSize }) });
+      // The release key stays on the controller host: the body names its file, like the bundle's.
+      const releaseKey = typeof body.releaseKey === 'string' ? await readReleaseKey(body.releaseKey) : undefined;
+      const deployment = await api.deployments.create(body.bundle, { ...(body.health === undefined ? {} : { health: body.health }), ...(body.chunkSize === undefined ? {} : { chunkSize: body.chunkSize }), ...(releaseKey === undefined ? {} : { releaseKey }) });
       const rollout = await api.rollouts.start({
         deploymentId: deployment.id,
         target: body.target ?? {},
@@ -179,6 +184,18 @@ async function rolloutRoute(api: OperatorApi, req: IncomingMessage, rest: readon
     if (error instanceof AiosError) return reply(error.code.endsWith('_UNKNOWN') ? 404 : 400, { error: { code: error.code, message: error.message } });
     throw error;
   }
+}
+
+async function readReleaseKey(file: string): Promise<X25519Identity> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (cause) {
+    throw new FleetError('EAI_FLEET_ROLLOUT_INVALID', `cannot read the release key ${file} (${(cause as Error).message}); give the path of the age identity the bundle is encrypted to, on the controller host.`, { cause });
+  }
+  const [identity] = parseIdentityFile(text);
+  if (identity === undefined) throw new FleetError('EAI_FLEET_ROLLOUT_INVALID', `${file} holds no age identity (AGE-SECRET-KEY-1…).`);
+  return identity;
 }
 
 interface Reply {

@@ -25,7 +25,7 @@ export const SEQUENCE_KIND = 'fleet-command-sequence';
 /** Larger commands are refused unread; a Deploy of a 4 GB bundle in 1 MiB chunks is ~140 KB. */
 export const MAX_COMMAND_BYTES = 1024 * 1024;
 
-export type CommandAction = 'deploy' | 'rollback' | 'startPipeline' | 'stopPipeline' | 'setConfig' | 'requestAttestation';
+export type CommandAction = 'deploy' | 'rollback' | 'startPipeline' | 'stopPipeline' | 'setConfig' | 'requestAttestation' | 'releaseKey';
 
 /** What a controller fills in; `action` is one of Command's oneof members. */
 export interface CommandSpec {
@@ -40,6 +40,7 @@ export interface CommandSpec {
   readonly stopPipeline?: aios.fleet.v1.IStopPipeline;
   readonly setConfig?: aios.fleet.v1.ISetConfig;
   readonly requestAttestation?: aios.fleet.v1.IRequestAttestation;
+  readonly releaseKey?: aios.fleet.v1.IReleaseKey;
 }
 
 /** A command the device may obey. */
@@ -104,6 +105,29 @@ export class CommandGate {
    * or the trust store's `EAI_TRUST_ROOT_EXPIRED` when the trust root itself has expired.
    */
   async admit(bytes: Uint8Array): Promise<AdmittedCommand> {
+    const verified = this.verify(bytes);
+    const { sequence } = verified;
+    try {
+      await this.#trust.accept(SEQUENCE_KIND, sequence, { role: 'deploy' });
+    } catch (error) {
+      if (error instanceof TrustError && error.code === 'EAI_TRUST_ROLLBACK') {
+        const highest = this.lastSequence;
+        throw new FleetError('EAI_FLEET_COMMAND_REPLAYED', `command ${sequence} is ${sequence === highest ? 'the last accepted command again (a replay)' : `older than command ${highest}, which this device already accepted`}; it is not obeyed. The controller continues from sequence ${highest + 1}.`, {
+          cause: error,
+          details: { sequence, highest },
+        });
+      }
+      throw error;
+    }
+    return verified;
+  }
+
+  /**
+   * Every check of `admit` except the sequence, which it leaves unrecorded: for acting on a
+   * command ahead of its turn where a replay cannot hurt (a released key, wrapped to this device,
+   * handed to the deployment waiting for it while that deployment holds the command queue).
+   */
+  verify(bytes: Uint8Array): AdmittedCommand {
     if (bytes.length > MAX_COMMAND_BYTES) throw malformed(`it is ${bytes.length} bytes, more than the ${MAX_COMMAND_BYTES} a command may have`);
     const signed = decodeCommandPart(aios.fleet.v1.SignedCommand, bytes, 'the signed command envelope');
     if (signed.payloadType !== COMMAND_PAYLOAD_TYPE) throw malformed(`its payload type is '${signed.payloadType.slice(0, 80)}', not '${COMMAND_PAYLOAD_TYPE}'`);
@@ -128,18 +152,6 @@ export class CommandGate {
     }
     const sequence = wholeNumber(command.sequence, 'sequence');
     if (sequence < 1) throw malformed('its sequence number is 0; sequences start at 1');
-    try {
-      await this.#trust.accept(SEQUENCE_KIND, sequence, { role: 'deploy' });
-    } catch (error) {
-      if (error instanceof TrustError && error.code === 'EAI_TRUST_ROLLBACK') {
-        const highest = this.lastSequence;
-        throw new FleetError('EAI_FLEET_COMMAND_REPLAYED', `command ${sequence} is ${sequence === highest ? 'the last accepted command again (a replay)' : `older than command ${highest}, which this device already accepted`}; it is not obeyed. The controller continues from sequence ${highest + 1}.`, {
-          cause: error,
-          details: { sequence, highest },
-        });
-      }
-      throw error;
-    }
     return { command, sequence, action, expiresUnixMs: expires, keyids };
   }
 
@@ -163,7 +175,7 @@ export function rejection(error: unknown, sequence = 0, now = Date.now()): aios.
   return aios.fleet.v1.CommandAck.create({ sequence, result: aios.fleet.v1.CommandAck.Result.REJECTED, code, message: error instanceof Error ? error.message : String(error), timeUnixMs: now });
 }
 
-const ACTIONS = ['deploy', 'rollback', 'startPipeline', 'stopPipeline', 'setConfig', 'requestAttestation'] as const satisfies readonly CommandAction[];
+const ACTIONS = ['deploy', 'rollback', 'startPipeline', 'stopPipeline', 'setConfig', 'requestAttestation', 'releaseKey'] as const satisfies readonly CommandAction[];
 
 function decodeCommandPart<T>(type: MessageType<T>, bytes: Uint8Array, what: string): T {
   try {

@@ -9,6 +9,8 @@ import { parseAgentConfig, type AgentConfig } from '../../deploy/agent/config.js
 import { Controller } from '../../deploy/controller/controller.js';
 import { aios } from '../../deploy/proto/gen/aios.js';
 import { packBundle } from '../../models/bundle/bundle.js';
+import { X25519Identity } from '../../models/bundle/age/keys.js';
+import { createEncryptStream } from '../../models/bundle/age/stream.js';
 import { generateSigningKey, type SigningKey } from '../../models/keys.js';
 import { createRoot, rootDigest, signRoot } from '../../models/trust/root.js';
 import { TrustStore } from '../../models/trust/trust-store.js';
@@ -78,6 +80,25 @@ afterAll(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
+const release2 = X25519Identity.generate();
+
+/** A face model bundle signed by the release key; encrypted to `to` when given. */
+async function bundle(version: string, to?: X25519Identity): Promise<string> {
+  const file = path.join(tmp, `face-${version}.bundle`);
+  const out = createWriteStream(file);
+  await packBundle(
+    {
+      metadata: { name: 'face', version, format: 'onnx', entry: 'face.onnx', inputs: [], outputs: [], targets: ['cpu'], minRuntimeVersion: '0.1.0', author: 'tests@aios.dev' },
+      files: [{ path: 'face.onnx', source: path.join(repo, 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx') }],
+      keys: [release],
+      ...(to === undefined ? {} : { encryptTo: { recipients: 1, createEncryptStream: () => createEncryptStream([to.recipient]) } }),
+    },
+    out,
+  );
+  if (!out.closed) await once(out, 'close');
+  return file;
+}
+
 const status = async (device: string): Promise<string | undefined> => (await controller.registry.get(device))?.attestationStatus;
 
 async function appraise(device: string): Promise<{ status: string; reasons: readonly { code: string; message: string }[] }> {
@@ -107,11 +128,7 @@ describe('fleet attestation', () => {
   }, 60_000);
 
   it.skipIf(skip)('a model the controller deployed keeps the device trusted; garbage on the attestation topic is untrusted, not a crash', async () => {
-    const file = path.join(tmp, 'face-1.0.0.bundle');
-    const out = createWriteStream(file);
-    await packBundle({ metadata: { name: 'face', version: '1.0.0', format: 'onnx', entry: 'face.onnx', inputs: [], outputs: [], targets: ['cpu'], minRuntimeVersion: '0.1.0', author: 'tests@aios.dev' }, files: [{ path: 'face.onnx', source: path.join(repo, 'models/zoo/blazeface-front-128/face_detection_front_128x128_barracuda.onnx') }], keys: [release] }, out);
-    if (!out.closed) await once(out, 'close');
-    const d = await controller.deployments.create(file, { health: { windowS: 1, maxErrorRate: 0.5 } });
+    const d = await controller.deployments.create(await bundle('1.0.0'), { health: { windowS: 1, maxErrorRate: 0.5 } });
     await controller.deployments.target(d.id, ['robot-tpm']);
     await until(async () => (await controller.deployments.targets(d.id))[0]?.phase === 'COMMITTED', 60_000);
     const after = await appraise('robot-tpm');
@@ -121,6 +138,17 @@ describe('fleet attestation', () => {
     expect(garbage.status).toBe('untrusted');
     expect(garbage.reasons[0]?.code).toBe('EAI_ATTEST_MALFORMED');
   }, 90_000);
+
+  it.skipIf(skip)('key release: an encrypted model is decrypted by trusted devices only after the controller releases its key (a TPM credential; sealed to the device key without a TPM)', async () => {
+    const d = await controller.deployments.create(await bundle('2.0.0', release2), { health: { windowS: 1, maxErrorRate: 0.5 }, releaseKey: release2 });
+    expect(d.keyRelease).toBe(true);
+    await controller.deployments.target(d.id, ['robot-tpm', 'robot-plain']);
+    await until(async () => (await controller.deployments.targets(d.id)).every((t) => t.phase === 'COMMITTED'), 60_000);
+    const released = async (device: string): Promise<number> => (await controller.commands.list(device)).filter((c) => c.action === 'releaseKey').length;
+    expect(await released('robot-tpm')).toBe(1);
+    expect(await released('robot-plain')).toBe(1);
+    await until(async () => (await controller.registry.get('robot-plain'))?.models[0]?.active === '2.0.0', 10_000);
+  }, 120_000);
 
   it.skipIf(skip)('a pipeline configuration edited on the device makes its next appraisal untrusted, naming the file', async () => {
     const config = configs.get('robot-tpm') as AgentConfig;
@@ -133,5 +161,18 @@ describe('fleet attestation', () => {
     expect(result.reasons.map((r) => r.code)).toContain('EAI_ATTEST_NOT_ALLOWED');
     expect(result.reasons.find((r) => r.code === 'EAI_ATTEST_NOT_ALLOWED')?.message).toMatch(/pipeline-config.*faces\.yaml/u);
     expect((await controller.registry.get('robot-tpm'))?.attestationStatus).toBe('untrusted');
+  }, 90_000);
+
+  it.skipIf(skip)('no attestation, no model: the untrusted device downloads an encrypted version but is never sent its key', async () => {
+    const key = X25519Identity.generate();
+    const d = await controller.deployments.create(await bundle('3.0.0', key), { health: { windowS: 1, maxErrorRate: 0.5 }, releaseKey: key });
+    await controller.deployments.target(d.id, ['robot-tpm']);
+    await until(async () => (await controller.deployments.targets(d.id))[0]?.phase === 'AWAITING_KEY', 60_000);
+    // It was appraised afresh for the key, and is still untrusted: the key stays with the controller.
+    await until(async () => ((await controller.attestations?.latest('robot-tpm'))?.verifiedUnixMs ?? 0) > Date.now() - 5000, 20_000);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect((await controller.deployments.targets(d.id))[0]?.phase).toBe('AWAITING_KEY');
+    expect((await controller.commands.list('robot-tpm')).filter((c) => c.action === 'releaseKey')).toHaveLength(1); // v2's only
+    expect((await controller.registry.get('robot-tpm'))?.models.find((m) => m.model === 'face')?.active).toBe('2.0.0');
   }, 90_000);
 });

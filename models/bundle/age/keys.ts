@@ -125,8 +125,13 @@ export class X25519Identity implements AgeIdentity {
 
   /** The `AGE-SECRET-KEY-1…` string. Handle it as the secret it is. */
   encode(): string {
+    return bech32Encode(IDENTITY_HRP, this.secretKey());
+  }
+
+  /** The raw 32-byte secret (what `fromSecretKey` takes). Handle it as the secret it is. */
+  secretKey(): Buffer {
     const der = this.#privateKey.export({ format: 'der', type: 'pkcs8' });
-    return bech32Encode(IDENTITY_HRP, der.subarray(der.length - KEY_SIZE));
+    return Buffer.from(der.subarray(der.length - KEY_SIZE));
   }
 
   /** Public, so that printing an identity cannot leak its secret. */
