@@ -178,12 +178,12 @@ export class Controller {
       const moved = await deployments.record(tx, device, event.deployment);
       return moved === undefined ? undefined : () => deployments.announce(moved.deploymentId, moved.target);
     });
-    const rollouts = new Rollouts(db, { deployments, registry, commands, now, leads: () => db.lead(ROLLOUT_LEAD) });
     if (options.attestation !== undefined) {
       attestations = new Attestations(db, { ...options.attestation, commands, registry, deployments, now });
       new KeyRelease(db, { commands, attestations, registry, deployments, log });
     }
     const verifier = attestations;
+    const rollouts = new Rollouts(db, { deployments, registry, commands, now, leads: () => db.lead(ROLLOUT_LEAD), ...(verifier === undefined ? {} : { trusted: (device: string) => verifier.trusted(device) }) });
     // A restarted controller picks up running rollouts; a periodic tick also catches progress that
     // arrived while no event came (a device that commits while the controller restarts).
     let ticks = 0;

@@ -35,6 +35,11 @@ export interface RolloutSpec {
   readonly errorThreshold?: number;
   /** On a stop, send Rollback to the devices this rollout committed. Default true. */
   readonly rollbackOnFailure?: boolean;
+  /**
+   * Deploy only to devices whose latest attestation is trusted and fresh: the others wait in
+   * their stage (counted as not committed) until they are. Needs a controller with attestation.
+   */
+  readonly requireAttestation?: boolean;
 }
 
 export type RolloutState = 'running' | 'paused' | 'completed' | 'stopped' | 'rolled-back';
@@ -72,6 +77,8 @@ const FAILED: readonly TargetPhase[] = ['ROLLED_BACK', 'FAILED'];
 export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
   readonly #db: ControllerStore;
   readonly #leads: () => Promise<boolean>;
+  readonly #trusted: (deviceId: string) => Promise<boolean>;
+  readonly #attesting: boolean;
   readonly #deployments: Deployments;
   readonly #registry: DeviceRegistry;
   readonly #commands: CommandQueue;
@@ -82,10 +89,12 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
    * `leads`: whether this controller drives rollouts now (one replica of several does; the others
    * record progress and answer the API, and take over when it goes). Default: always.
    */
-  constructor(db: ControllerStore, options: { readonly deployments: Deployments; readonly registry: DeviceRegistry; readonly commands: CommandQueue; readonly leads?: () => Promise<boolean>; readonly now?: () => number }) {
+  constructor(db: ControllerStore, options: { readonly deployments: Deployments; readonly registry: DeviceRegistry; readonly commands: CommandQueue; readonly leads?: () => Promise<boolean>; readonly trusted?: (deviceId: string) => Promise<boolean>; readonly now?: () => number }) {
     super();
     this.#db = db;
     this.#leads = options.leads ?? (async () => true);
+    this.#trusted = options.trusted ?? (async () => false);
+    this.#attesting = options.trusted !== undefined;
     this.#deployments = options.deployments;
     this.#registry = options.registry;
     this.#commands = options.commands;
@@ -97,6 +106,7 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
   async start(spec: RolloutSpec): Promise<RolloutStatus> {
     const stages = spec.stages.length === 0 ? DEFAULT_STAGES : spec.stages;
     const problems = checkSpec({ ...spec, stages });
+    if (spec.requireAttestation === true && !this.#attesting) problems.push('requireAttestation needs a controller that appraises attestation (aios controller start --trust-root …)');
     if (problems.length > 0) throw new FleetError('EAI_FLEET_ROLLOUT_INVALID', `the rollout cannot start: ${problems.join('; ')}.`, { details: { problems } });
     await this.#deployments.get(spec.deploymentId); // throws for an unknown deployment
     const devices = (await this.#registry.list()).filter((d) => matches(d, spec.target)).map((d) => d.deviceId).sort();
@@ -179,9 +189,15 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
       const status = await this.status(id);
       const stage = status.stages[r.stage] as StageStatus;
       if (!stage.started || stage.committed + stage.failed + stage.pending < stage.devices.length) {
-        await this.#deployments.target(r.deployment_id, stage.devices);
-        this.emit('update', await this.status(id));
-        return;
+        const targeted = new Set((await this.#deployments.targets(r.deployment_id)).map((t) => t.deviceId));
+        const waiting = stage.devices.filter((d) => !targeted.has(d));
+        const allowed = spec.requireAttestation === true ? await this.#trustedOf(waiting) : waiting;
+        if (allowed.length > 0 || !stage.started) {
+          await this.#deployments.target(r.deployment_id, allowed);
+          this.emit('update', await this.status(id));
+          return;
+        }
+        // The rest wait for a trusted appraisal; judge the stage on the devices that got it.
       }
       const total = stage.devices.length;
       if (total > 0 && stage.failed / total > (spec.errorThreshold ?? 0)) {
@@ -201,6 +217,12 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
       }
       await this.#db.run('UPDATE rollouts SET stage = stage + 1, updated_ms = ? WHERE id = ?', this.#now(), id);
     }
+  }
+
+  async #trustedOf(devices: readonly string[]): Promise<string[]> {
+    const trusted: string[] = [];
+    for (const d of devices) if (await this.#trusted(d)) trusted.push(d);
+    return trusted;
   }
 
   async #failures(deploymentId: string, devices: readonly string[]): Promise<string> {

@@ -175,4 +175,12 @@ describe('fleet attestation', () => {
     expect((await controller.commands.list('robot-tpm')).filter((c) => c.action === 'releaseKey')).toHaveLength(1); // v2's only
     expect((await controller.registry.get('robot-tpm'))?.models.find((m) => m.model === 'face')?.active).toBe('2.0.0');
   }, 90_000);
+
+  it.skipIf(skip)('a rollout that requires attestation deploys to trusted devices only; the untrusted one waits in its stage, never targeted', async () => {
+    const d = await controller.deployments.create(await bundle('4.0.0'), { health: { windowS: 1, maxErrorRate: 0.5 } });
+    const r = await controller.rollouts.start({ deploymentId: d.id, target: { devices: ['robot-plain', 'robot-tpm'] }, stages: [{ name: 'all', percent: 100 }], successThreshold: 0.5, requireAttestation: true });
+    await until(async () => (await controller.rollouts.status(r.id)).state !== 'running', 60_000);
+    expect((await controller.rollouts.status(r.id)).state).toBe('completed');
+    expect((await controller.deployments.targets(d.id)).map((t) => [t.deviceId, t.phase])).toEqual([['robot-plain', 'COMMITTED']]);
+  }, 90_000);
 });
