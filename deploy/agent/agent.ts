@@ -89,6 +89,8 @@ export class Agent {
   /** Released model keys by deployment (memory only), and deployments waiting for theirs. */
   readonly #keys = new Map<string, Uint8Array>();
   readonly #keyWaiters = new Map<string, (key: Uint8Array) => void>();
+  /** Model slots whose files were last found to match their manifest, with their stat fingerprint. */
+  readonly #checkedSlots = new Map<string, string>();
   /** RequestAttestation sequences already answered (ahead of the queue). */
   readonly #attested = new Set<number>();
   readonly #gate: CommandGate;
@@ -448,7 +450,7 @@ export class Agent {
   async #attest(c: aios.fleet.v1.ICommand, sequence: number): Promise<string> {
     // A deployment or rollback since the last evidence switched models, a setConfig replaced a
     // pipeline's configuration.
-    await measureModels(this.#attester, this.#store);
+    await measureModels(this.#attester, this.#store, this.#checkedSlots);
     for (const p of this.#pipelines.values()) await measurePipeline(this.#attester, p.override ?? p.file);
     const evidence = await this.#attester.evidence(c.requestAttestation?.nonce ?? new Uint8Array(0));
     const payload = aios.fleet.v1.AttestationEvidence.encode({ commandSequence: sequence, format: EVIDENCE_FORMAT, evidence: Buffer.from(encodeEvidence(evidence)) }).finish();

@@ -5,11 +5,12 @@ import { DEFAULT_AK_HANDLE, EK_DEFAULTS, Tpm } from '../../drivers/tpm/tpm.js';
 import { aios } from '../proto/gen/aios.js';
 import { FleetError } from '../fleet/errors.js';
 import { openOnDevice } from '../fleet/key-wrap.js';
-import type { ModelStore } from '../../models/store/model-store.js';
+import { stat } from 'node:fs/promises';
+import type { ModelStore, Slot } from '../../models/store/model-store.js';
 import { rootDigest } from '../../models/trust/root.js';
 import type { TrustStore } from '../../models/trust/trust-store.js';
 import { measureRuntime, type Attester } from '../../runtime/attest/attester.js';
-import { fileDigest } from '../../runtime/attest/file-digest.js';
+import { bytesDigest, fileDigest } from '../../runtime/attest/file-digest.js';
 import type { MeasurementType } from '../../runtime/attest/measurement.js';
 import { SoftwareAttester } from '../../runtime/attest/software-attester.js';
 import { TpmAttester } from '../../runtime/attest/tpm-attester.js';
@@ -44,11 +45,42 @@ export async function measurePipeline(attester: Attester, file: string): Promise
   await measureOnce(attester, 'pipeline-config', path.basename(file), await fileDigest(file));
 }
 
-/** Measures each model's active bundle (after a deployment or rollback switched one). */
-export async function measureModels(attester: Attester, store: ModelStore): Promise<void> {
+/**
+ * Measures each model's active bundle (after a deployment or rollback switched one). The files
+ * are hashed again against the manifest first — a model swapped on disk after its install must not
+ * pass as the verified bundle — whenever their size, modification time or inode changed since the
+ * last check (`checked` remembers; re-hashing a 2 GB model every minute would cost a core's
+ * seconds). A slot whose files differ is measured as `<model>@<version> (files differ)` with a
+ * digest of the differences, which no policy allows.
+ */
+export async function measureModels(attester: Attester, store: ModelStore, checked: Map<string, string> = new Map()): Promise<void> {
   for (const entry of await store.list()) {
-    if (entry.active !== undefined) await measureOnce(attester, 'model-bundle', `${entry.model}@${entry.active.version}`, entry.active.manifestDigest);
+    const slot = entry.active;
+    if (slot === undefined) continue;
+    const name = `${entry.model}@${slot.version}`;
+    const fingerprint = await statFingerprint(slot);
+    if (checked.get(slot.dir) !== fingerprint) {
+      try {
+        await store.check(entry.model, { version: slot.version });
+        checked.set(slot.dir, fingerprint);
+      } catch (error) {
+        checked.delete(slot.dir);
+        const problems = (error as { details?: { problems?: unknown } }).details?.problems ?? String(error);
+        await measureOnce(attester, 'model-bundle', `${name} (files differ)`, bytesDigest(JSON.stringify({ manifest: slot.manifestDigest, problems })));
+        continue;
+      }
+    }
+    await measureOnce(attester, 'model-bundle', name, slot.manifestDigest);
   }
+}
+
+async function statFingerprint(slot: Slot): Promise<string> {
+  const parts: string[] = [];
+  for (const f of slot.files) {
+    const st = await stat(path.join(slot.dir, f.path)).catch(() => undefined);
+    parts.push(st === undefined ? `${f.path}:missing` : `${f.path}:${st.size}:${st.mtimeMs}:${st.ino}`);
+  }
+  return parts.join('|');
 }
 
 /**

@@ -1,4 +1,4 @@
-import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,6 +9,7 @@ import { parseAgentConfig, type AgentConfig } from '../../deploy/agent/config.js
 import { Controller } from '../../deploy/controller/controller.js';
 import { aios } from '../../deploy/proto/gen/aios.js';
 import { packBundle } from '../../models/bundle/bundle.js';
+import { ModelStore, type Slot } from '../../models/store/model-store.js';
 import { X25519Identity } from '../../models/bundle/age/keys.js';
 import { createEncryptStream } from '../../models/bundle/age/stream.js';
 import { generateSigningKey, type SigningKey } from '../../models/keys.js';
@@ -183,4 +184,16 @@ describe('fleet attestation', () => {
     expect((await controller.rollouts.status(r.id)).state).toBe('completed');
     expect((await controller.deployments.targets(d.id)).map((t) => [t.deviceId, t.phase])).toEqual([['robot-plain', 'COMMITTED']]);
   }, 90_000);
+
+  it.skipIf(skip)('a model swapped on disk after activation makes the next appraisal untrusted', async () => {
+    expect((await appraise('robot-plain')).status).toBe('trusted');
+    const store = await ModelStore.open(configs.get('robot-plain')?.models as string);
+    const slot = (await store.active('face')) as Slot;
+    const file = path.join(slot.dir, slot.entry as string);
+    chmodSync(file, 0o644);
+    writeFileSync(file, readFileSync(path.join(repo, 'models/zoo/blazeface-back-256/face_detection_back_256x256_barracuda.onnx')));
+    const result = await appraise('robot-plain');
+    expect(result.status).toBe('untrusted');
+    expect(result.reasons.find((r) => r.code === 'EAI_ATTEST_NOT_ALLOWED')?.message).toMatch(/model-bundle "face@[\d.]+ \(files differ\)"/u);
+  }, 60_000);
 });
