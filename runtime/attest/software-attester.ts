@@ -1,12 +1,11 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import path from 'node:path';
-import { SerialQueue } from '../../drivers/hal/serial-queue.js';
 import type { Attester } from './attester.js';
+import { MeasuringAttester } from './measuring-attester.js';
 import { AttestError } from './errors.js';
 import { EVIDENCE_FORMAT, type SoftwareEvidence } from './evidence.js';
-import { fileDigest } from './file-digest.js';
-import { MeasurementLog, type LogRecovery } from './measurement-log.js';
-import { APPLICATION_PCR, type MeasurementEvent, type MeasurementType } from './measurement.js';
+import { MeasurementLog } from './measurement-log.js';
+import { APPLICATION_PCR } from './measurement.js';
 import { SoftwarePcr } from './software-pcr.js';
 import { encodeStatement, logDigest, signStatement, softwareKeyId, STATEMENT_TYPE } from './software-statement.js';
 
@@ -29,23 +28,19 @@ export interface SoftwareAttesterOptions {
   readonly clock?: () => Date;
 }
 
-export class SoftwareAttester implements Attester {
+export class SoftwareAttester extends MeasuringAttester implements Attester {
   readonly kind = 'software' as const;
-  readonly pcr: number;
   /** Hex SHA-256 of the device public key (softwareKeyId): the evidence's `keyid`. */
   readonly keyid: string;
   readonly publicKey: KeyObject;
   private readonly privateKey: KeyObject;
-  private readonly log: MeasurementLog;
   private readonly clock: () => Date;
-  private readonly queue = new SerialQueue();
 
   private constructor(options: SoftwareAttesterOptions, log: MeasurementLog) {
+    super(log);
     this.privateKey = options.privateKey;
     this.publicKey = createPublicKey(options.privateKey);
     this.keyid = softwareKeyId(this.publicKey);
-    this.log = log;
-    this.pcr = log.register.pcr;
     this.clock = options.clock ?? (() => new Date());
   }
 
@@ -57,22 +52,6 @@ export class SoftwareAttester implements Attester {
     const register = new SoftwarePcr({ file: path.join(options.stateDir, 'software-pcr.json'), pcr: options.pcr ?? APPLICATION_PCR, ...(options.bootId === undefined ? {} : { bootId: options.bootId }) });
     const log = await MeasurementLog.open({ file: path.join(options.stateDir, 'measurements.log'), register, ...(options.clock === undefined ? {} : { clock: options.clock }) });
     return new SoftwareAttester(options, log);
-  }
-
-  get events(): readonly MeasurementEvent[] {
-    return this.log.events;
-  }
-
-  get recovery(): LogRecovery {
-    return this.log.recovery;
-  }
-
-  measure(type: MeasurementType, name: string, sha256: string): Promise<MeasurementEvent> {
-    return this.queue.push(() => this.log.append(type, name, sha256));
-  }
-
-  async measureFile(type: MeasurementType, name: string, file: string): Promise<MeasurementEvent> {
-    return this.measure(type, name, await fileDigest(file));
   }
 
   evidence(nonce: Uint8Array): Promise<SoftwareEvidence> {

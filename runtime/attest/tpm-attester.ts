@@ -1,12 +1,11 @@
 import path from 'node:path';
-import { SerialQueue } from '../../drivers/hal/serial-queue.js';
 import { DEFAULT_AK_HANDLE, type AttestationKey, type Tpm } from '../../drivers/tpm/tpm.js';
 import type { Attester } from './attester.js';
+import { MeasuringAttester } from './measuring-attester.js';
 import { AttestError } from './errors.js';
 import { EVIDENCE_FORMAT, type QuotedPcr, type TpmEvidence } from './evidence.js';
-import { fileDigest } from './file-digest.js';
-import { MeasurementLog, type LogRecovery, type MeasurementRegister } from './measurement-log.js';
-import { APPLICATION_PCR, checkPcrIndex, MEASUREMENT_BANK, type MeasurementEvent, type MeasurementType } from './measurement.js';
+import { MeasurementLog, type MeasurementRegister } from './measurement-log.js';
+import { APPLICATION_PCR, checkPcrIndex, MEASUREMENT_BANK } from './measurement.js';
 
 /**
  * The attester for a device with a TPM 2.0: measurements extend the TPM's application PCR, and
@@ -35,20 +34,16 @@ export interface TpmAttesterOptions {
   readonly clock?: () => Date;
 }
 
-export class TpmAttester implements Attester {
+export class TpmAttester extends MeasuringAttester implements Attester {
   readonly kind = 'tpm2' as const;
-  readonly pcr: number;
   readonly ak: AttestationKey;
   private readonly tpm: Tpm;
-  private readonly log: MeasurementLog;
   private readonly firmwarePcrs: readonly number[];
-  private readonly queue = new SerialQueue();
 
   private constructor(tpm: Tpm, ak: AttestationKey, log: MeasurementLog, firmwarePcrs: readonly number[]) {
+    super(log);
     this.tpm = tpm;
     this.ak = ak;
-    this.log = log;
-    this.pcr = log.register.pcr;
     this.firmwarePcrs = firmwarePcrs;
   }
 
@@ -71,22 +66,6 @@ export class TpmAttester implements Attester {
     };
     const log = await MeasurementLog.open({ file: path.join(options.stateDir, 'measurements.log'), register, ...(options.clock === undefined ? {} : { clock: options.clock }) });
     return new TpmAttester(tpm, ak, log, firmwarePcrs);
-  }
-
-  get events(): readonly MeasurementEvent[] {
-    return this.log.events;
-  }
-
-  get recovery(): LogRecovery {
-    return this.log.recovery;
-  }
-
-  measure(type: MeasurementType, name: string, sha256: string): Promise<MeasurementEvent> {
-    return this.queue.push(() => this.log.append(type, name, sha256));
-  }
-
-  async measureFile(type: MeasurementType, name: string, file: string): Promise<MeasurementEvent> {
-    return this.measure(type, name, await fileDigest(file));
   }
 
   /**
