@@ -149,6 +149,10 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE deployments ADD COLUMN release_key BLOB;
   `,
+  // When the rollout's current stage was first sent out: what a stage timeout counts from.
+  `
+  ALTER TABLE rollouts ADD COLUMN stage_started_ms INTEGER;
+  `,
 ];
 
 const newer = (where: string) => (current: number, known: number): Error =>

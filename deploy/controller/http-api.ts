@@ -152,7 +152,7 @@ async function rolloutRoute(api: OperatorApi, req: IncomingMessage, rest: readon
   try {
     if (req.method === 'GET' && rest.length === 0) return reply(200, { rollouts: await api.rollouts.list() });
     if (req.method === 'POST' && rest.length === 0) {
-      const body = (await readJson(req)) as { bundle?: unknown; releaseKey?: unknown; target?: RolloutSpec['target']; stages?: StageSpec[]; health?: Partial<HealthPolicy>; chunkSize?: number; successThreshold?: number; errorThreshold?: number; rollbackOnFailure?: boolean; requireAttestation?: boolean };
+      const body = (await readJson(req)) as { bundle?: unknown; releaseKey?: unknown; target?: RolloutSpec['target']; stages?: StageSpec[]; health?: Partial<HealthPolicy>; chunkSize?: number; successThreshold?: number; errorThreshold?: number; rollbackOnFailure?: boolean; requireAttestation?: boolean; stageTimeoutS?: number };
       if (typeof body.bundle !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ROLLOUT_INVALID', message: 'the body needs "bundle": the path of a model bundle on the controller host' } });
       // The release key stays on the controller host: the body names its file, like the bundle's.
       const releaseKey = typeof body.releaseKey === 'string' ? await readReleaseKey(body.releaseKey) : undefined;
@@ -165,6 +165,7 @@ async function rolloutRoute(api: OperatorApi, req: IncomingMessage, rest: readon
         ...(body.errorThreshold === undefined ? {} : { errorThreshold: body.errorThreshold }),
         ...(body.rollbackOnFailure === undefined ? {} : { rollbackOnFailure: body.rollbackOnFailure }),
         ...(body.requireAttestation === true ? { requireAttestation: true } : {}),
+        ...(body.stageTimeoutS === undefined ? {} : { stageTimeoutS: body.stageTimeoutS }),
       });
       log({ msg: 'rollout started', id: rollout.id, model: rollout.model, version: rollout.version });
       return reply(201, { rollout, deployment });

@@ -40,6 +40,12 @@ export interface RolloutSpec {
    * their stage (counted as not committed) until they are. Needs a controller with attestation.
    */
   readonly requireAttestation?: boolean;
+  /**
+   * Seconds a stage may take from its first Deploy command: devices that have not committed by
+   * then (offline, stuck, waiting for a key) count as failed for the thresholds. Default none: a
+   * stage waits for every device however long it is away.
+   */
+  readonly stageTimeoutS?: number;
 }
 
 export type RolloutState = 'running' | 'paused' | 'completed' | 'stopped' | 'rolled-back';
@@ -193,6 +199,7 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
         const waiting = stage.devices.filter((d) => !targeted.has(d));
         const allowed = spec.requireAttestation === true ? await this.#trustedOf(waiting) : waiting;
         if (allowed.length > 0 || !stage.started) {
+          if (r.stage_started_ms === null) await this.#db.run('UPDATE rollouts SET stage_started_ms = ? WHERE id = ? AND stage_started_ms IS NULL', this.#now(), id);
           await this.#deployments.target(r.deployment_id, allowed);
           this.emit('update', await this.status(id));
           return;
@@ -200,8 +207,13 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
         // The rest wait for a trusted appraisal; judge the stage on the devices that got it.
       }
       const total = stage.devices.length;
-      if (total > 0 && stage.failed / total > (spec.errorThreshold ?? 0)) {
-        const reason = `stage '${stage.name}': ${stage.failed} of ${total} devices failed (${await this.#failures(r.deployment_id, stage.devices)}), above the error threshold of ${((spec.errorThreshold ?? 0) * 100).toFixed(0)} %`;
+      const timedOut = spec.stageTimeoutS !== undefined && r.stage_started_ms !== null && this.#now() - r.stage_started_ms > spec.stageTimeoutS * 1000;
+      // Past the stage's time, whoever has not committed or failed yet counts as failed.
+      const late = timedOut ? total - stage.committed - stage.failed : 0;
+      const failed = stage.failed + late;
+      if (total > 0 && failed / total > (spec.errorThreshold ?? 0)) {
+        const lateNote = late > 0 ? `${stage.failed > 0 ? '; ' : ''}${late} not done within the stage timeout of ${spec.stageTimeoutS} s` : '';
+        const reason = `stage '${stage.name}': ${failed} of ${total} devices failed (${await this.#failures(r.deployment_id, stage.devices)}${lateNote}), above the error threshold of ${((spec.errorThreshold ?? 0) * 100).toFixed(0)} %`;
         if (spec.rollbackOnFailure !== false) {
           await this.#rollBackDevices(id, r.deployment_id, reason);
           await this.#set(id, 'rolled-back', reason);
@@ -209,13 +221,19 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
         this.emit('update', await this.status(id));
         return;
       }
-      if (total > 0 && stage.committed / total < (spec.successThreshold ?? 1)) return; // still waiting
+      if (total > 0 && stage.committed / total < (spec.successThreshold ?? 1)) {
+        if (!timedOut) return; // still waiting
+        const reason = `stage '${stage.name}': ${stage.committed} of ${total} devices committed within the stage timeout of ${spec.stageTimeoutS} s, below the success threshold of ${((spec.successThreshold ?? 1) * 100).toFixed(0)} %`;
+        await this.#set(id, 'stopped', reason);
+        this.emit('update', await this.status(id));
+        return;
+      }
       if (r.stage + 1 >= spec.stages.length) {
         await this.#set(id, 'completed', undefined);
         this.emit('update', await this.status(id));
         return;
       }
-      await this.#db.run('UPDATE rollouts SET stage = stage + 1, updated_ms = ? WHERE id = ?', this.#now(), id);
+      await this.#db.run('UPDATE rollouts SET stage = stage + 1, stage_started_ms = NULL, updated_ms = ? WHERE id = ?', this.#now(), id);
     }
   }
 
@@ -263,6 +281,7 @@ interface RolloutRow {
   reason: string | null;
   created_ms: number;
   updated_ms: number;
+  stage_started_ms: number | null;
 }
 
 /** Devices of each stage: counts and cumulative percentages of `devices`, in order, each device once. */
@@ -294,5 +313,6 @@ function checkSpec(spec: RolloutSpec): string[] {
   for (const [name, v] of [['successThreshold', spec.successThreshold], ['errorThreshold', spec.errorThreshold]] as const) {
     if (v !== undefined && !(v >= 0 && v <= 1)) problems.push(`${name} must be between 0 and 1`);
   }
+  if (spec.stageTimeoutS !== undefined && !(Number.isFinite(spec.stageTimeoutS) && spec.stageTimeoutS > 0)) problems.push('stageTimeoutS must be a positive number of seconds');
   return problems;
 }

@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import os from 'node:os';
@@ -7,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent } from '../../deploy/agent/agent.js';
 import { parseAgentConfig } from '../../deploy/agent/config.js';
 import { Controller, type ControllerOptions } from '../../deploy/controller/controller.js';
+import { createCsr } from '../../deploy/fleet/pki/csr.js';
 import type { RolloutStatus } from '../../deploy/controller/rollouts.js';
 import { packBundle } from '../../models/bundle/bundle.js';
 import { generateSigningKey, type SigningKey } from '../../models/keys.js';
@@ -140,5 +142,17 @@ describe('staged rollouts', () => {
     const paused = await runCli('fleet', 'pause', rollout.id, '--api', controller.urls.api);
     expect(paused.stderr).toMatch(/^error EAI_FLEET_ROLLOUT_STATE/u);
     await until(async () => (await everyActive('2.0.0')), 15_000);
+  });
+
+  it('a stage timeout counts a device that never answers as failed: the rollout stops instead of waiting for it forever', async () => {
+    // A device enrolled but never started (a robot in a drawer): its Deploy waits at the broker.
+    const { token } = await controller.enrolment.issueToken({ validForMs: 60_000, deviceId: 'robot-ghost', labels: { site: 'madrid' } });
+    await controller.enrolment.enrol(createCsr({ privateKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, commonName: 'robot-ghost', challengePassword: token }));
+    const d = await controller.deployments.create(await V1(), { health: { windowS: 1, maxErrorRate: 0.5 } });
+    const r = await controller.rollouts.start({ deploymentId: d.id, target: { devices: ['robot-ghost', 'robot-x86'] }, stages: [{ name: 'all', percent: 100 }], stageTimeoutS: 3, rollbackOnFailure: false });
+    const done = await finished(r.id);
+    expect(done.state).toBe('stopped');
+    expect(done.reason).toMatch(/stage 'all': 1 of 2 devices failed \(1 not done within the stage timeout of 3 s\)/u);
+    await expect(controller.rollouts.start({ deploymentId: d.id, target: {}, stages: [], stageTimeoutS: -1 })).rejects.toMatchObject({ code: 'EAI_FLEET_ROLLOUT_INVALID' });
   });
 });

@@ -92,6 +92,7 @@ export function fleetCommand(): Command {
     .addOption(new Option('--success-threshold <share>', 'share of a stage that must commit before the next starts').default(1).argParser(share('--success-threshold')))
     .option('--no-rollback', 'when a stage fails, stop without rolling back the devices already committed')
     .option('--watch', 'show the rollout live until it ends')
+    .option('--stage-timeout <duration>', 'devices not done this long after their stage started count as failed (offline ones included); default: wait', duration('--stage-timeout'))
     .option('--require-attestation', 'deploy only to devices whose latest attestation is trusted; the others wait in their stage')
     .option('--release-key <identity>', 'the age identity file the bundle is encrypted to (on this host): each device gets the key only after a fresh trusted attestation (docs/attestation.md)')
     .addOption(api())
@@ -100,12 +101,13 @@ export function fleetCommand(): Command {
 Examples:
   aios fleet deploy face-1.3.0.bundle --label site=madrid --watch
   aios fleet deploy detector.bundle --accelerator jetson --stages 2,25%,100% --health-window 2m --max-p99 40ms`)
-    .action(async (bundle: string, options: ApiOptions & { label: string[]; accelerator?: string; device: string[]; stages: string; healthWindow: number; maxErrorRate: number; maxP99?: number; errorThreshold: number; successThreshold: number; rollback: boolean; watch?: boolean; releaseKey?: string; requireAttestation?: boolean }) => {
+    .action(async (bundle: string, options: ApiOptions & { label: string[]; accelerator?: string; device: string[]; stages: string; healthWindow: number; maxErrorRate: number; maxP99?: number; errorThreshold: number; successThreshold: number; rollback: boolean; watch?: boolean; releaseKey?: string; requireAttestation?: boolean; stageTimeout?: number }) => {
       const labels = labelsOf(options.label);
       const body = {
         bundle: pathResolve(bundle),
         ...(options.releaseKey === undefined ? {} : { releaseKey: pathResolve(options.releaseKey) }),
         ...(options.requireAttestation === true ? { requireAttestation: true } : {}),
+        ...(options.stageTimeout === undefined ? {} : { stageTimeoutS: options.stageTimeout / 1000 }),
         target: { ...(Object.keys(labels).length === 0 ? {} : { labels }), ...(options.accelerator === undefined ? {} : { accelerator: options.accelerator }), ...(options.device.length === 0 ? {} : { devices: options.device }) },
         stages: stagesOf(options.stages),
         health: { windowS: Math.ceil(options.healthWindow / 1000), maxErrorRate: options.maxErrorRate, maxLatencyP99Ms: options.maxP99 ?? 0 },
