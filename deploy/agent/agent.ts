@@ -136,7 +136,7 @@ export class Agent {
 
   static async start(config: AgentConfig, options: AgentOptions): Promise<Agent> {
     const log = options.log ?? (() => undefined);
-    const identity = await ensureEnrolled({ device: config.device, state: config.state, ca: config.ca, ...(config.controller === undefined ? {} : { controller: config.controller }), ...(config.token === undefined ? {} : { token: config.token }), ...(config.tpm === undefined ? {} : { tpm: new Tpm({ tcti: config.tpm }) }) });
+    const identity = await ensureEnrolled({ log, device: config.device, state: config.state, ca: config.ca, ...(config.controller === undefined ? {} : { controller: config.controller }), ...(config.token === undefined ? {} : { token: config.token }), ...(config.tpm === undefined ? {} : { tpm: new Tpm({ tcti: config.tpm }) }) });
     let trust: TrustStore;
     try {
       trust = await TrustStore.open(config.trust);

@@ -32,7 +32,9 @@ export interface EnrolOptions {
   readonly token?: string;
   /** The device's TPM: its AK is registered with the certificate (two requests; tpm-enrolment.ts has the controller's side). */
   readonly tpm?: Tpm;
-  /** Renew when fewer than this many ms of validity remain. Default 30 days. */
+  /** Where renewal outcomes are reported (the agent's log). */
+  readonly log?: (line: Record<string, unknown>) => void;
+  /** Renew when fewer than this many ms of validity remain (over TLS with the current certificate). Default 30 days. */
   readonly renewBeforeMs?: number;
   readonly now?: () => number;
 }
@@ -50,8 +52,26 @@ export async function ensureEnrolled(options: EnrolOptions): Promise<DeviceIdent
   let keyPem = await readFile(keyFile, 'utf8').catch(() => undefined);
   const existing = await readFile(certFile, 'utf8').catch(() => undefined);
   if (keyPem !== undefined && existing !== undefined) {
-    const problem = checkCertificate(existing, keyPem, caPem, options.device, now(), options.renewBeforeMs ?? 30 * 86_400_000);
-    if (problem === undefined) return { keyPem, certificatePem: existing, caPem, labels: await readLabels(options.state) };
+    const problem = checkCertificate(existing, keyPem, caPem, options.device, now(), 0);
+    if (problem === undefined) {
+      const current = { keyPem, certificatePem: existing, caPem, labels: await readLabels(options.state) };
+      if (Date.parse(new X509Certificate(existing).validTo) - (options.renewBeforeMs ?? 30 * 86_400_000) > now() || options.controller === undefined) return current;
+      // Near its end: renew with the certificate itself (no token; the controller checks it is the
+      // one it last issued). Until that works, the current one serves.
+      try {
+        const csr = createCsr({ privateKey: createPrivateKey(keyPem), commonName: options.device });
+        const answer = await postJson(new URL('/v1/renew', options.controller), { csr }, caPem, { cert: existing, key: keyPem });
+        const renewed = typeof answer['certificate'] === 'string' ? answer['certificate'] : '';
+        const wrong = checkCertificate(renewed, keyPem, caPem, options.device, now(), 0);
+        if (wrong !== undefined) throw new FleetError('EAI_AGENT_ENROL', `the renewed certificate cannot be used (${wrong})`);
+        await writeFileAtomic(certFile, renewed, { mode: 0o644 });
+        options.log?.({ msg: 'certificate renewed', validTo: new X509Certificate(renewed).validTo });
+        return { ...current, certificatePem: renewed };
+      } catch (error) {
+        options.log?.({ msg: 'certificate renewal failed; the current one serves until it expires', validTo: new X509Certificate(existing).validTo, error: error instanceof Error ? error.message : String(error) });
+        return current;
+      }
+    }
     if (options.controller === undefined || options.token === undefined) {
       throw new FleetError('EAI_AGENT_ENROL', `the device certificate ${certFile} cannot be used (${problem}) and agent.yaml has no controller and token to enrol again. Provision a new token (aios fleet token --device ${options.device}).`, { details: { problem } });
     }
@@ -110,10 +130,10 @@ function checkCertificate(pem: string, keyPem: string, caPem: string, device: st
   return undefined;
 }
 
-async function postJson(url: URL, body: unknown, caPem: string): Promise<Record<string, unknown>> {
+async function postJson(url: URL, body: unknown, caPem: string, client: { readonly cert: string; readonly key: string } | undefined = undefined): Promise<Record<string, unknown>> {
   const data = Buffer.from(JSON.stringify(body));
   return new Promise((resolve, reject) => {
-    const request = https.request(url, { method: 'POST', ca: caPem, headers: { 'content-type': 'application/json', 'content-length': data.length }, timeout: 30_000 }, (response) => {
+    const request = https.request(url, { method: 'POST', ca: caPem, ...(client === undefined ? {} : { cert: client.cert, key: client.key }), headers: { 'content-type': 'application/json', 'content-length': data.length }, timeout: 30_000 }, (response) => {
       const parts: Buffer[] = [];
       let size = 0;
       response.on('data', (c: Buffer) => {

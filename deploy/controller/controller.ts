@@ -211,7 +211,8 @@ export class Controller {
     });
     for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks', 'attestation'] as const) await client.subscribeAsync(sharedFilter(share, everyDevice(fleet, channel)), { qos: 1 });
     const enrolment = new Enrolment(db, { fleet, ca, now, ...(options.ekRoots === undefined ? {} : { ekRoots: options.ekRoots }), ...(options.requireTpm === undefined ? {} : { requireTpm: options.requireTpm }) });
-    const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2' }, enrolmentHandler(enrolment, log));
+    // Client certificates are asked for, not required: enrolment has none yet, renewal shows its current one.
+    const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2', ca: ca.certificatePem, requestCert: true, rejectUnauthorized: false }, enrolmentHandler(enrolment, log));
     const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment, deployments, rollouts }, log));
     try {
       await listen(enrolServer, options.enrolPort ?? 8443, options.enrolHost ?? '0.0.0.0', 'enrolment (HTTPS)', '--enrol-port');

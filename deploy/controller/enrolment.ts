@@ -163,6 +163,31 @@ export class Enrolment {
     return { deviceId, fleet: this.#fleet, certificatePem, caCertificatePem: this.#ca.certificatePem, labels: token.labels };
   }
 
+  /**
+   * Renews a device's certificate without a token: the request comes over TLS with the device's
+   * current certificate (checked against the fleet CA by the TLS layer), which must be the one
+   * the controller last issued to that device — a replaced board's old certificate renews
+   * nothing — and the CSR must name the same device (a new key is fine: rotation). Throws
+   * `EAI_FLEET_RENEW` naming what is wrong.
+   */
+  async renew(presented: X509Certificate, csr: string | Uint8Array): Promise<Enrolled> {
+    const request = parseCsr(csr);
+    const deviceId = request.commonName;
+    const refuse = (why: string): FleetError => new FleetError('EAI_FLEET_RENEW', `certificate renewal for '${String(deviceId).slice(0, 64)}' refused: ${why}.`, { details: { deviceId: String(deviceId).slice(0, 64) } });
+    if (presented.subject !== `CN=${deviceId}`) throw refuse(`the TLS client certificate names ${presented.subject}, the request ${deviceId}`);
+    const now = this.#now();
+    if (Date.parse(presented.validTo) < now) throw refuse('the presented certificate has expired: enrol again with a token');
+    const row = await this.#db.get<{ certificate_pem: string; labels: string }>('SELECT certificate_pem, labels FROM devices WHERE device_id = ?', deviceId);
+    if (row === undefined) throw refuse('no such device is enrolled');
+    if (!new X509Certificate(row.certificate_pem).raw.equals(presented.raw)) throw refuse('the presented certificate is not the one last issued to this device (it was replaced or re-enrolled)');
+    const spki = request.publicKey.export({ type: 'spki', format: 'der' });
+    const certificatePem = issueCertificate({ ca: this.#ca, subjectPublicKey: request.publicKey, commonName: deviceId, validDays: this.#days, usage: 'client', now: new Date(now) });
+    const changed = await this.#db.run('UPDATE devices SET certificate_pem = ?, key_sha256 = ? WHERE device_id = ? AND certificate_pem = ?', certificatePem, createHash('sha256').update(spki).digest('hex'), deviceId, row.certificate_pem);
+    if (changed !== 1) throw refuse('another renewal of this device won at the same moment');
+    const labels = JSON.parse(row.labels) as Record<string, string>;
+    return { deviceId, fleet: this.#fleet, certificatePem, caCertificatePem: this.#ca.certificatePem, labels };
+  }
+
   /** Every token, newest first, without secrets. */
   async tokens(): Promise<readonly TokenInfo[]> {
     const rows = await this.#db.all<TokenRow>('SELECT * FROM enrolment_tokens ORDER BY created_ms DESC');

@@ -7,6 +7,7 @@ import type { DeviceRegistry } from './devices.js';
 import type { Enrolment } from './enrolment.js';
 import type { TpmEnrolmentRequest } from './tpm-enrolment.js';
 import { readFile } from 'node:fs/promises';
+import type { TLSSocket } from 'node:tls';
 import { parseIdentityFile, type X25519Identity } from '../../models/bundle/age/keys.js';
 import { FleetError } from '../fleet/errors.js';
 import type { Rollouts, RolloutSpec, StageSpec } from './rollouts.js';
@@ -31,6 +32,7 @@ const MAX_BODY = 64 * 1024;
 export function enrolmentHandler(enrolment: Enrolment, log: (line: Record<string, unknown>) => void): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) =>
     void handle(req, res, log, async () => {
+      if (req.method === 'POST' && url(req).pathname === '/v1/renew') return renew(enrolment, req, log);
       if (req.method !== 'POST' || url(req).pathname !== '/v1/enrol') return notFound(req);
       const body = (await readJson(req)) as { csr?: unknown; tpm?: unknown };
       if (typeof body.csr !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ENROL_REQUEST', message: 'the body must be JSON { "csr": "<PEM certificate request>", "tpm"?: { ekPublic, akPublic, ekCertificate?, challenge?, secret? } }' } });
@@ -54,6 +56,26 @@ export function enrolmentHandler(enrolment: Enrolment, log: (line: Record<string
         throw error;
       }
     });
+}
+
+/** `POST /v1/renew` `{ csr }` over TLS with the device's current certificate: a new certificate, no token. */
+async function renew(enrolment: Enrolment, req: IncomingMessage, log: (line: Record<string, unknown>) => void): Promise<Reply> {
+  const socket = req.socket as TLSSocket;
+  const peer = typeof socket.getPeerX509Certificate === 'function' ? socket.getPeerX509Certificate() : undefined;
+  if (!socket.authorized || peer === undefined) return reply(401, { error: { code: 'EAI_FLEET_RENEW', message: `renewal needs the device's current certificate from the fleet CA as the TLS client certificate${socket.authorizationError ? ` (${String(socket.authorizationError)})` : ''}; a device without one enrols with a token (POST /v1/enrol)` } });
+  const body = (await readJson(req)) as { csr?: unknown };
+  if (typeof body.csr !== 'string') return reply(400, { error: { code: 'EAI_FLEET_ENROL_REQUEST', message: 'the body must be JSON { "csr": "<PEM certificate request>" }' } });
+  try {
+    const renewed = await enrolment.renew(peer, body.csr);
+    log({ msg: 'certificate renewed', device: renewed.deviceId });
+    return reply(200, { certificate: renewed.certificatePem, ca: renewed.caCertificatePem, deviceId: renewed.deviceId, fleet: renewed.fleet, labels: renewed.labels });
+  } catch (error) {
+    if (error instanceof AiosError) {
+      log({ msg: 'renewal refused', code: error.code, from: req.socket.remoteAddress });
+      return reply(403, { error: { code: error.code, message: error.message } });
+    }
+    throw error;
+  }
 }
 
 /** The `tpm` member of an enrolment request (base64 fields), or what is wrong with it. */
