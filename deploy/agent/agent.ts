@@ -35,6 +35,9 @@ import { EVIDENCE_FORMAT, encodeEvidence } from '../../runtime/attest/evidence.j
 import { measureDevice, measureModels, measurePipeline, openAttester, openReleasedKey } from './attestation.js';
 import type { X25519Identity } from '../../models/bundle/age/keys.js';
 
+/** How often a running agent checks whether its certificate is due for renewal. */
+const RENEW_CHECK_MS = 12 * 3_600_000;
+
 /** How long a key-release deployment waits for its key before it fails. */
 const KEY_WAIT_MS = 10 * 60_000;
 
@@ -101,6 +104,9 @@ export class Agent {
   readonly #bootId: string;
   readonly #startedAt: number;
   #timer: NodeJS.Timeout | undefined;
+  #renewer: NodeJS.Timeout | undefined;
+  /** The certificate the MQTT connection presents (replaced by a renewal). */
+  #certificateInUse = '';
   #commandQueue: Promise<unknown> = Promise.resolve();
   #droppedReported = 0;
   #lastTick = 0;
@@ -218,11 +224,23 @@ export class Agent {
     return this.#spool.stats();
   }
 
+  /** Renews the certificate when it nears its end, and reconnects with the new one. */
+  async #renewIfDue(): Promise<void> {
+    const { device, state, ca, controller } = this.config;
+    const identity = await ensureEnrolled({ log: (l) => this.#log(l), device, state, ca, ...(controller === undefined ? {} : { controller }) });
+    if (identity.certificatePem === this.#certificateInUse) return;
+    Object.assign(this.#client.options, { cert: identity.certificatePem, key: identity.keyPem });
+    this.#certificateInUse = identity.certificatePem;
+    // Drop the connection: mqtt.js reconnects (session and spool intact) presenting the new one.
+    this.#client.stream?.destroy();
+  }
+
   /** Publishes OFFLINE, stops pipelines, flushes the spool and disconnects. */
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
     clearInterval(this.#timer);
+    clearInterval(this.#renewer);
     this.#abort.abort();
     await this.#commandQueue.catch(() => undefined);
     if (this.#client.connected) {
@@ -269,6 +287,10 @@ export class Agent {
     });
     this.#publisher.start();
     this.#timer = setInterval(() => void this.#tick(), this.config.telemetryIntervalMs);
+    // A device may run for months: twice a day it renews its certificate when due.
+    this.#certificateInUse = this.#identity.certificatePem;
+    this.#renewer = setInterval(() => void this.#renewIfDue().catch((error: unknown) => this.#log({ msg: 'certificate renewal failed', error: String(error) })), RENEW_CHECK_MS);
+    this.#renewer.unref();
     this.#options.onAlive?.('ready');
   }
 
