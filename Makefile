@@ -80,6 +80,7 @@ bench: build
 	node dist/bench/agent-crash.js --kills 1000
 	node dist/bench/fleet.js --devices 10000 --seconds 60
 	node dist/bench/attest.js
+	node dist/bench/attest-controller.js --devices 1000
 
 lint: node_modules/.installed
 	node scripts/gen-proto.mjs
