@@ -4,7 +4,7 @@ import { aios } from '../proto/gen/aios.js';
 import type { CommandBody, CommandQueue } from './commands.js';
 import type { Deployments, HealthPolicy } from './deployments.js';
 import type { DeviceRegistry } from './devices.js';
-import type { Enrolment } from './enrolment.js';
+import type { Enrolled, Enrolment } from './enrolment.js';
 import type { TpmEnrolmentRequest } from './tpm-enrolment.js';
 import { readFile } from 'node:fs/promises';
 import type { TLSSocket } from 'node:tls';
@@ -44,18 +44,24 @@ export function enrolmentHandler(enrolment: Enrolment, log: (line: Record<string
           log({ msg: 'enrolment challenge', challenge: answer.challenge.id });
           return reply(202, { challenge: { id: answer.challenge.id, credential: answer.challenge.credential.toString('base64'), expiresUnixMs: answer.challenge.expiresUnixMs } });
         }
-        const enrolled = answer;
-        log({ msg: 'enrolled', device: enrolled.deviceId });
-        return reply(200, { certificate: enrolled.certificatePem, ca: enrolled.caCertificatePem, deviceId: enrolled.deviceId, fleet: enrolled.fleet, labels: enrolled.labels });
+        log({ msg: 'enrolled', device: answer.deviceId });
+        return certificateReply(answer);
       } catch (error) {
-        if (error instanceof AiosError) {
-          // Never the token itself, only the refusal's code: the log is not a secret store.
-          log({ msg: 'enrolment refused', code: error.code, from: req.socket.remoteAddress });
-          return reply(403, { error: { code: error.code, message: error.message } });
-        }
-        throw error;
+        return refusal(error, 'enrolment refused', req, log);
       }
     });
+}
+
+function certificateReply(issued: Enrolled): Reply {
+  return reply(200, { certificate: issued.certificatePem, ca: issued.caCertificatePem, deviceId: issued.deviceId, fleet: issued.fleet, labels: issued.labels });
+}
+
+/** 403 for a refusal (an AiosError); anything else is a bug, for the 500 path. */
+function refusal(error: unknown, msg: string, req: IncomingMessage, log: (line: Record<string, unknown>) => void): Reply {
+  if (!(error instanceof AiosError)) throw error;
+  // Never the token itself, only the refusal's code: the log is not a secret store.
+  log({ msg, code: error.code, from: req.socket.remoteAddress });
+  return reply(403, { error: { code: error.code, message: error.message } });
 }
 
 /** `POST /v1/renew` `{ csr }` over TLS with the device's current certificate: a new certificate, no token. */
@@ -68,13 +74,9 @@ async function renew(enrolment: Enrolment, req: IncomingMessage, log: (line: Rec
   try {
     const renewed = await enrolment.renew(peer, body.csr);
     log({ msg: 'certificate renewed', device: renewed.deviceId });
-    return reply(200, { certificate: renewed.certificatePem, ca: renewed.caCertificatePem, deviceId: renewed.deviceId, fleet: renewed.fleet, labels: renewed.labels });
+    return certificateReply(renewed);
   } catch (error) {
-    if (error instanceof AiosError) {
-      log({ msg: 'renewal refused', code: error.code, from: req.socket.remoteAddress });
-      return reply(403, { error: { code: error.code, message: error.message } });
-    }
-    throw error;
+    return refusal(error, 'renewal refused', req, log);
   }
 }
 
