@@ -33,13 +33,12 @@ import { Tpm } from '../../drivers/tpm/tpm.js';
 import type { Attester } from '../../runtime/attest/attester.js';
 import { EVIDENCE_FORMAT, encodeEvidence } from '../../runtime/attest/evidence.js';
 import { measureDevice, measureModels, measurePipeline, openAttester, openReleasedKey } from './attestation.js';
+import { ReleasedKeys } from './released-keys.js';
 import type { X25519Identity } from '../../models/bundle/age/keys.js';
 
 /** How often a running agent checks whether its certificate is due for renewal. */
 const RENEW_CHECK_MS = 12 * 3_600_000;
 
-/** How long a key-release deployment waits for its key before it fails. */
-const KEY_WAIT_MS = 10 * 60_000;
 
 /**
  * `aios agent`: a device's side of the fleet. It enrols on first boot, connects to the broker
@@ -89,9 +88,7 @@ export class Agent {
   readonly #trust: TrustStore;
   readonly #attester: Attester;
   readonly #identities: readonly X25519Identity[];
-  /** Released model keys by deployment (memory only), and deployments waiting for theirs. */
-  readonly #keys = new Map<string, Uint8Array>();
-  readonly #keyWaiters = new Map<string, (key: Uint8Array) => void>();
+  readonly #releasedKeys: ReleasedKeys;
   /** Model slots whose files were last found to match their manifest, with their stat fingerprint. */
   readonly #checkedSlots = new Map<string, string>();
   /** RequestAttestation sequences already answered (ahead of the queue). */
@@ -131,6 +128,7 @@ export class Agent {
     this.#trust = parts.trust;
     this.#attester = parts.attester;
     this.#identities = parts.identities;
+    this.#releasedKeys = new ReleasedKeys({ device: config.device, signal: this.#abort.signal });
     this.#gate = parts.gate;
     this.#spool = parts.spool;
     this.#client = parts.client;
@@ -433,7 +431,7 @@ export class Agent {
       }
       case 'releaseKey': {
         const id = c.releaseKey?.deploymentId ?? '';
-        if (!this.#keys.has(id)) await this.#takeKey(c.releaseKey ?? {});
+        if (!this.#releasedKeys.has(id)) await this.#takeKey(c.releaseKey ?? {});
         return `key for deployment ${id} received`;
       }
       case 'requestAttestation': {
@@ -483,35 +481,8 @@ export class Agent {
   async #takeKey(release: aios.fleet.v1.IReleaseKey): Promise<void> {
     const id = release.deploymentId ?? '';
     const key = await openReleasedKey(release, { keyPem: this.#identity.keyPem, ...(this.config.tpm === undefined ? {} : { tpm: this.config.tpm }) });
-    this.#keys.set(id, key);
-    this.#keyWaiters.get(id)?.(key);
+    this.#releasedKeys.put(id, key);
     this.#log({ msg: 'key released', deploymentId: id });
-  }
-
-  /** The key for `deploymentId` once released; gives up after KEY_WAIT_MS or when the agent stops. */
-  #awaitKey(deploymentId: string): Promise<Uint8Array> {
-    const known = this.#keys.get(deploymentId);
-    if (known !== undefined) return Promise.resolve(known);
-    return new Promise((resolve, reject) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.#keyWaiters.delete(deploymentId);
-        this.#abort.signal.removeEventListener('abort', stopped);
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new FleetError('EAI_OTA_KEY_NOT_RELEASED', `the controller did not release the key of deployment ${deploymentId} within ${KEY_WAIT_MS / 60_000} minutes: it releases keys only to devices whose attestation it trusts now (see \`aios fleet show ${this.config.device}\`).`, { details: { deploymentId } }));
-      }, KEY_WAIT_MS);
-      const stopped = (): void => {
-        done();
-        reject(new FleetError('EAI_OTA_CANCELLED', `the agent stopped while deployment ${deploymentId} waited for its key; it asks again on the next start.`));
-      };
-      this.#abort.signal.addEventListener('abort', stopped, { once: true });
-      this.#keyWaiters.set(deploymentId, (key) => {
-        done();
-        resolve(key);
-      });
-    });
   }
 
   #deployment(): DeploymentContext {
@@ -525,7 +496,7 @@ export class Agent {
       catalog: ModelCatalog.shared(),
       ...(this.#decrypt === undefined ? {} : { decrypt: this.#decrypt }),
       identities: this.#identities,
-      awaitKey: (deploymentId) => this.#awaitKey(deploymentId),
+      awaitKey: (deploymentId) => this.#releasedKeys.wait(deploymentId),
       window: this.config.otaWindow,
       pipelines: () =>
         [...this.#pipelines.values()].flatMap((p) =>
