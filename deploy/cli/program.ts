@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { AiosError } from '../../drivers/errors.js';
 import { agentCommand } from './commands/agent.js';
+import { attestCommand } from './commands/attest.js';
 import { bundleCommand } from './commands/bundle.js';
 import { controllerCommand } from './commands/controller.js';
 import { devicesCommand } from './commands/devices.js';
@@ -28,7 +29,7 @@ export function buildProgram(): Command {
     .option('--debug', 'print stack traces and native errors in full')
     .showHelpAfterError('(run with --help for usage)')
     .configureHelp({ sortSubcommands: true });
-  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand(), serveCommand(), keysCommand(), trustCommand(), bundleCommand(), modelCommand(), controllerCommand(), agentCommand(), fleetCommand()]) {
+  for (const command of [program, devicesCommand(), inferCommand(), powerCommand(), validateCommand(), schemaCommand(), runCommand(), serveCommand(), keysCommand(), trustCommand(), bundleCommand(), modelCommand(), controllerCommand(), agentCommand(), fleetCommand(), attestCommand()]) {
     // Commander's own parse errors (unknown option, missing argument) get the same
     // `error CODE: message` shape as ours, and help goes to stdout.
     for (const c of [command, ...command.commands]) c.exitOverride().configureOutput({ outputError: (text, write) => write(`error EAI_CLI_USAGE: ${text.replace(/^error: /u, '')}`) });
