@@ -66,6 +66,8 @@ export class Attestations extends EventEmitter<{ result: [string, AttestationRes
   readonly #deployments: Deployments;
   readonly #policy: AttestationPolicy;
   readonly #now: () => number;
+  /** Challenges waiting for the next transaction. */
+  readonly #asked: { readonly deviceId: string; readonly resolve: (nonce: Uint8Array) => void; readonly reject: (error: unknown) => void }[] = [];
   /** The registered key per device, the same object each time (the verifier caches its decoding per object). */
   readonly #keys = new Map<string, { ak: Buffer; keys: RegisteredKeys }>();
 
@@ -80,12 +82,37 @@ export class Attestations extends EventEmitter<{ result: [string, AttestationRes
     this.#now = options.now ?? Date.now;
   }
 
-  /** Sends `deviceId` a fresh nonce to attest over; resolves with it once the broker has the command. */
-  async challenge(deviceId: string): Promise<Uint8Array> {
-    const nonce = randomBytes(32);
-    await this.#db.run('INSERT INTO attestation_challenges (device_id, nonce, issued_ms) VALUES (?, ?, ?)', deviceId, nonce, this.#now());
-    await this.#commands.send(deviceId, { requestAttestation: { nonce } }, { ttlMs: this.#maxAgeMs() });
-    return nonce;
+  /**
+   * Sends `deviceId` a fresh nonce to attest over; resolves with it once the broker has the
+   * command. Challenges asked for together (a round, a connect storm's births) are recorded in
+   * one transaction, and their commands group-committed by the queue.
+   */
+  challenge(deviceId: string): Promise<Uint8Array> {
+    return new Promise((resolve, reject) => {
+      this.#asked.push({ deviceId, resolve, reject });
+      if (this.#asked.length === 1) setImmediate(() => void this.#issue());
+    });
+  }
+
+  async #issue(): Promise<void> {
+    const batch = this.#asked.splice(0).map((a) => ({ ...a, nonce: randomBytes(32) }));
+    const now = this.#now();
+    try {
+      await this.#db.transaction(async (tx) => {
+        for (const c of batch) await tx.run('INSERT INTO attestation_challenges (device_id, nonce, issued_ms) VALUES (?, ?, ?)', c.deviceId, c.nonce, now);
+      });
+    } catch (error) {
+      for (const c of batch) c.reject(error);
+      return;
+    }
+    await Promise.all(
+      batch.map((c) =>
+        this.#commands.send(c.deviceId, { requestAttestation: { nonce: c.nonce } }, { ttlMs: this.#maxAgeMs() }).then(
+          () => c.resolve(c.nonce),
+          (error: unknown) => c.reject(error),
+        ),
+      ),
+    );
   }
 
   /** Challenges the online devices whose last appraisal is older than the interval (and not asked since). */
