@@ -15,13 +15,20 @@
  * with {@link ToDevices} messages; it answers with {@link FromDevices}. The record builders are
  * exported for the bench's bytes-per-message comparison.
  */
-import { randomBytes } from 'node:crypto';
+import { createPrivateKey, createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { pathToFileURL } from 'node:url';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { deviceTopic } from '../deploy/fleet/topics.js';
 import { aios } from '../deploy/proto/gen/aios.js';
+import { RUNTIME_MEASUREMENT_NAME } from '../runtime/attest/attester.js';
+import { encodeEvidence, EVIDENCE_FORMAT } from '../runtime/attest/evidence.js';
+import { APPLICATION_PCR, replayLog } from '../runtime/attest/measurement.js';
+import { encodeStatement, logDigest, signStatement, softwareKeyId, STATEMENT_TYPE } from '../runtime/attest/software-statement.js';
+
+/** When the simulated agents measured their runtime. */
+const STARTED = new Date().toISOString();
 
 /** One simulated device: its id and PEM identity (made by enrolment in the bench). */
 export interface DeviceIdentity {
@@ -32,7 +39,7 @@ export interface DeviceIdentity {
 
 /** What the bench tells a device process. */
 export type ToDevices =
-  | { readonly kind: 'connect'; readonly url: string; readonly fleet: string; readonly caFile: string; readonly devicesFile: string; readonly concurrency: number }
+  | { readonly kind: 'connect'; readonly url: string; readonly fleet: string; readonly caFile: string; readonly devicesFile: string; readonly concurrency: number; readonly attestRuntime?: string }
   | { readonly kind: 'telemetry'; readonly on: boolean }
   | { readonly kind: 'report' }
   | { readonly kind: 'stop' };
@@ -45,6 +52,8 @@ export interface DeviceReport {
   readonly publishErrors: number;
   readonly commands: number;
   readonly acksSent: number;
+  /** AttestationEvidence messages published (--attest). */
+  readonly evidenceSent: number;
   /** Each device's last telemetry sequence sent (0: none yet). */
   readonly lastSequence: readonly (readonly [string, number])[];
   /** How late the scheduled publishes ran since the previous report (the load generator keeping up). */
@@ -119,6 +128,8 @@ interface Device {
   readonly client: MqttClient;
   readonly telemetryTopic: string;
   readonly acksTopic: string;
+  /** Answers RequestAttestation with software evidence, as an agent without a TPM does (--attest). */
+  readonly attester: { readonly key: KeyObject; readonly keyid: string; readonly runtime: string; readonly topic: string } | undefined;
   /** Its fixed offset into each second, ms. */
   readonly offsetMs: number;
   sequence: number;
@@ -134,6 +145,7 @@ function runChild(): void {
   let publishErrors = 0;
   let commands = 0;
   let acksSent = 0;
+  let evidenceSent = 0;
   let disconnects = 0;
   let late = { max: 0, sum: 0, n: 0 };
   let telemetry: { readonly startMs: number; second: number; next: number; timer: NodeJS.Timeout | undefined } | undefined;
@@ -151,7 +163,7 @@ function runChild(): void {
         return;
       case 'report': {
         const cpu = process.cpuUsage();
-        send({ kind: 'report', sent, acked, publishErrors, commands, acksSent, lastSequence: devices.map((d) => [d.id, d.sequence] as const), lateMsMax: late.max, lateMsMean: late.n === 0 ? 0 : late.sum / late.n, disconnects, cpuUserUs: cpu.user, cpuSystemUs: cpu.system, rssBytes: process.memoryUsage.rss() });
+        send({ kind: 'report', sent, acked, publishErrors, commands, acksSent, evidenceSent, lastSequence: devices.map((d) => [d.id, d.sequence] as const), lateMsMax: late.max, lateMsMean: late.n === 0 ? 0 : late.sum / late.n, disconnects, cpuUserUs: cpu.user, cpuSystemUs: cpu.system, rssBytes: process.memoryUsage.rss() });
         late = { max: 0, sum: 0, n: 0 };
         return;
       }
@@ -213,7 +225,9 @@ function runChild(): void {
       will: { topic: deviceTopic(m.fleet, identity.id, 'status'), payload: status(aios.fleet.v1.DeviceStatus.State.LOST), qos: 1, retain: true },
     };
     const client = await mqtt.connectAsync(m.url, options);
-    const device: Device = { id: identity.id, index, client, telemetryTopic: deviceTopic(m.fleet, identity.id, 'telemetry'), acksTopic: deviceTopic(m.fleet, identity.id, 'acks'), offsetMs: Math.random() * 1000, sequence: 0 };
+    const key = m.attestRuntime === undefined ? undefined : createPrivateKey(identity.key);
+    const attester = key === undefined ? undefined : { key, keyid: softwareKeyId(createPublicKey(key)), runtime: m.attestRuntime as string, topic: deviceTopic(m.fleet, identity.id, 'attestation') };
+    const device: Device = { id: identity.id, index, client, telemetryTopic: deviceTopic(m.fleet, identity.id, 'telemetry'), acksTopic: deviceTopic(m.fleet, identity.id, 'acks'), attester, offsetMs: Math.random() * 1000, sequence: 0 };
     client.on('close', () => disconnects++);
     client.on('error', () => undefined);
     client.on('message', (_topic, payload) => void answer(device, payload));
@@ -227,20 +241,33 @@ function runChild(): void {
     await client.publishAsync(deviceTopic(fleet, id, 'status'), Buffer.from(aios.fleet.v1.DeviceStatus.encode({ state: aios.fleet.v1.DeviceStatus.State.ONLINE, sinceUnixMs: Date.now() }).finish()), { qos: 1, retain: true });
   }
 
-  /** ACCEPTED, then DONE: what the agent sends for a stopPipeline that succeeded. */
+  /** ACCEPTED, then DONE: what the agent sends for a stopPipeline that succeeded (and, for a RequestAttestation, the evidence first). */
   async function answer(device: Device, payload: Buffer): Promise<void> {
     commands++;
     let sequence: number;
+    let command: aios.fleet.v1.Command;
     try {
-      sequence = Number(aios.fleet.v1.Command.decode(aios.fleet.v1.SignedCommand.decode(payload).payload).sequence);
+      command = aios.fleet.v1.Command.decode(aios.fleet.v1.SignedCommand.decode(payload).payload);
+      sequence = Number(command.sequence);
     } catch {
       return;
     }
+    if (command.requestAttestation != null && device.attester !== undefined) await attest(device, device.attester, command.requestAttestation.nonce ?? new Uint8Array(0), sequence);
     const R = aios.fleet.v1.CommandAck.Result;
     for (const result of [R.ACCEPTED, R.DONE]) {
       await device.client.publishAsync(device.acksTopic, Buffer.from(aios.fleet.v1.CommandAck.encode({ sequence, result, message: result === R.DONE ? `pipeline ${PIPELINE} stopped` : '', timeUnixMs: Date.now() }).finish()), { qos: 1 });
       acksSent++;
     }
+  }
+
+  /** What SoftwareAttester.evidence makes for an agent that measured only its runtime. */
+  async function attest(device: Device, a: NonNullable<Device['attester']>, nonce: Uint8Array, sequence: number): Promise<void> {
+    const log = [{ pcr: APPLICATION_PCR, type: 'runtime' as const, name: RUNTIME_MEASUREMENT_NAME, sha256: a.runtime, time: STARTED }];
+    const value = replayLog(log);
+    const statement = encodeStatement({ _type: STATEMENT_TYPE, keyid: a.keyid, logDigest: logDigest(log), nonce: Buffer.from(nonce).toString('hex'), pcrs: [{ hash: 'sha256', index: APPLICATION_PCR, value: value.toString('hex') }], time: new Date().toISOString() });
+    const evidence = encodeEvidence({ format: EVIDENCE_FORMAT, kind: 'software', nonce: Buffer.from(nonce), pcrs: [{ hash: 'sha256', index: APPLICATION_PCR, value }], log, statement, signature: signStatement(statement, a.key), keyid: a.keyid });
+    await device.client.publishAsync(a.topic, Buffer.from(aios.fleet.v1.AttestationEvidence.encode({ commandSequence: sequence, format: EVIDENCE_FORMAT, evidence: Buffer.from(evidence) }).finish()), { qos: 1 });
+    evidenceSent++;
   }
 
   function startTelemetry(): void {

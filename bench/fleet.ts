@@ -25,7 +25,7 @@
  *
  * Run: npx tsc -p tsconfig.json && node dist/bench/fleet.js [--devices 10000] [--seconds 60]
  *      [--procs 4] [--concurrency 32] [--drain 10] [--sequential-cap 30] [--max-queued N]
- *      [--profile out.cpuprofile] [--json]
+ *      [--profile out.cpuprofile] [--attest] [--json]
  * `--max-queued` sets Mosquitto's max_queued_messages (mosquittoConfig's default: 1000).
  * `--profile` records a CPU profile of this process during the controller window and prints
  * where its time went. Quick: --devices 500 --seconds 10.
@@ -51,6 +51,7 @@ import { generateSigningKey } from '../models/keys.js';
 import { PIPELINE, birthRecord, telemetryRecord, type DeviceIdentity, type DeviceReport, type FromDevices, type ToDevices } from './fleet-device.js';
 import { median, round } from './stats.js';
 import { accepts, findBinary, freePort } from './local-services.js';
+import { runtimeDigest } from '../runtime/attest/file-digest.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number): number => {
@@ -68,6 +69,8 @@ const SEQUENTIAL_CAP_S = flag('--sequential-cap', 30);
 const MAX_QUEUED = args.includes('--max-queued') ? flag('--max-queued', 1000) : undefined;
 const PROFILE = args.includes('--profile') ? args[args.indexOf('--profile') + 1] : undefined;
 const JSON_OUT = args.includes('--json');
+/** Remote attestation on: the controller appraises every device at connect and every 60 s, the devices answer with software evidence. */
+const ATTEST = args.includes('--attest');
 const FLEET = 'bench';
 const RAW = 'aios-bench-raw';
 const say = (line: string): void => void (JSON_OUT ? process.stderr : process.stdout).write(`${line}\n`);
@@ -84,6 +87,8 @@ const REVISION = revision();
 /** This process's open-files limit: the children inherit it, and the bench only ever raises it. */
 const OPEN_FILES = Number(/Max open files\s+(\d+)/u.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1] ?? 1024);
 
+/** The runtime digest the simulated agents report, and the controller allows (--attest). */
+const RUNTIME = ATTEST ? (await runtimeDigest()).sha256 : undefined;
 const root = await mkdtemp(path.join(os.tmpdir(), 'aios-bench-fleet-'));
 const state = path.join(root, 'controller');
 const children: DeviceProcess[] = [];
@@ -105,8 +110,10 @@ async function main(): Promise<void> {
   say(`fleet bench at ${REVISION}: ${DEVICES} devices in ${PROCS} processes, ${SECONDS} s windows, Mosquitto ${mosquittoVersion(mosquittoBin as string)} (open files ${broker.openFiles}, max_queued_messages ${MAX_QUEUED ?? 'mosquittoConfig default'}), node ${process.version}, ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, state on ${state}`);
 
   const logCounts = new Map<string, number>();
-  controller = await Controller.start({ fleet: FLEET, state, deployKeys: [generateSigningKey()], broker: url, hostnames: ['127.0.0.1'], enrolHost: '127.0.0.1', enrolPort: 0, apiPort: 0, log: (line) => void logCounts.set(String(line['msg']), (logCounts.get(String(line['msg'])) ?? 0) + 1) });
+  controller = await Controller.start({ fleet: FLEET, state, deployKeys: [generateSigningKey()], broker: url, hostnames: ['127.0.0.1'], enrolHost: '127.0.0.1', enrolPort: 0, apiPort: 0, log: (line) => void logCounts.set(String(line['msg']), (logCounts.get(String(line['msg'])) ?? 0) + 1), ...(RUNTIME === undefined ? {} : { attestation: { intervalMs: 60_000, policy: { allowedRuntimeDigests: [RUNTIME], allowedTrustRootDigests: [] } } }) });
   const ctl = controller;
+  const appraised = { trusted: 0, untrusted: 0, stale: 0 };
+  ctl.attestations?.on('result', (_device, result) => void appraised[result.status]++);
 
   // Enrolment through the controller's real path, timed per part.
   const ids = Array.from({ length: DEVICES }, (_, i) => `robot-${String(i + 1).padStart(5, '0')}`);
@@ -162,7 +169,10 @@ async function main(): Promise<void> {
     await session.post('Profiler.start');
   }
   const droppedBefore = ctl.registry.counts.dropped;
+  const before = { ...appraised };
+  const appraisedAtWindowStart = before.trusted + before.untrusted + before.stale;
   const controllerWindow = await runWindow('controller', brokerPid, () => ctl.registry.counts.telemetry, 'self');
+  const appraisedInWindow = { trusted: appraised.trusted - before.trusted, untrusted: appraised.untrusted - before.untrusted, stale: appraised.stale - before.stale };
   if (session !== undefined) {
     const { profile: p } = await session.post('Profiler.stop');
     await writeFile(PROFILE as string, JSON.stringify(p));
@@ -172,6 +182,7 @@ async function main(): Promise<void> {
   const lag = sequenceLag(controllerWindow.lastSequence, new Map((await ctl.registry.list()).map((d) => [d.deviceId, d.telemetrySequence ?? 0])));
   const registryDropped = ctl.registry.counts.dropped - droppedBefore;
   say(line(controllerWindow));
+  if (ATTEST) say(`  attestation: ${appraisedInWindow.trusted + appraisedInWindow.untrusted + appraisedInWindow.stale} appraisals in the window (${round((appraisedInWindow.trusted + appraisedInWindow.untrusted + appraisedInWindow.stale) / SECONDS, 1)}/s): ${appraisedInWindow.trusted} trusted, ${appraisedInWindow.untrusted} untrusted, ${appraisedInWindow.stale} stale; since the connect ${appraised.trusted + appraised.untrusted + appraised.stale} (${appraisedAtWindowStart} before the window); goal: every device every 60 s`);
   say(`  per-device lag after the drain: ${lag.behind} devices behind, ${lag.missing} records never seen, max ${lag.max}; registry drops ${registryDropped}`);
 
   // "Deploy to visible": a signed command to every device until all are done.
@@ -482,7 +493,7 @@ class DeviceProcess {
   }
 
   async connect(url: string, caFile: string): Promise<Extract<FromDevices, { kind: 'connected' }>> {
-    return (await this.#ask({ kind: 'connect', url, fleet: FLEET, caFile, devicesFile: this.devicesFile, concurrency: CONCURRENCY }, 'connected')) as Extract<FromDevices, { kind: 'connected' }>;
+    return (await this.#ask({ kind: 'connect', url, fleet: FLEET, caFile, devicesFile: this.devicesFile, concurrency: CONCURRENCY, ...(RUNTIME === undefined ? {} : { attestRuntime: RUNTIME }) }, 'connected')) as Extract<FromDevices, { kind: 'connected' }>;
   }
 
   async report(): Promise<DeviceReport> {
