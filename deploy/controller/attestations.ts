@@ -115,13 +115,21 @@ export class Attestations extends EventEmitter<{ result: [string, AttestationRes
     );
   }
 
-  /** Challenges the online devices whose last appraisal is older than the interval (and not asked since). */
-  async tick(): Promise<number> {
+  /**
+   * Challenges the online devices whose last appraisal is older than the interval (and not asked
+   * since), oldest first, at most a tick's share of the fleet (with room to catch up): devices that
+   * connected together (a depot's morning) would otherwise come due together every interval, and
+   * their evidence would arrive as one burst that stalls the controller for seconds.
+   */
+  async tick(periodMs = 10_000): Promise<number> {
     const now = this.#now();
+    const online = (await this.#db.get<{ n: number }>("SELECT COUNT(*) AS n FROM devices WHERE state = 'online'"))?.n ?? 0;
+    const share = Math.max(50, Math.ceil(((online * periodMs) / this.intervalMs) * 1.5));
     const due = await this.#db.all<{ device_id: string }>(
-      "SELECT device_id FROM devices WHERE state = 'online' AND (attestation_ms IS NULL OR attestation_ms < ?) AND device_id NOT IN (SELECT device_id FROM attestation_challenges WHERE issued_ms > ?)",
+      "SELECT device_id FROM devices WHERE state = 'online' AND (attestation_ms IS NULL OR attestation_ms < ?) AND device_id NOT IN (SELECT device_id FROM attestation_challenges WHERE issued_ms > ?) ORDER BY COALESCE(attestation_ms, 0) LIMIT ?",
       now - this.intervalMs,
       now - Math.min(this.intervalMs, this.#maxAgeMs()),
+      share,
     );
     await Promise.all(due.map((d) => this.challenge(d.device_id)));
     await this.#db.run('DELETE FROM attestation_challenges WHERE issued_ms < ?', now - 10 * Math.max(this.intervalMs, this.#maxAgeMs()));

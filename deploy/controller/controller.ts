@@ -193,7 +193,7 @@ export class Controller {
       if (verifier !== undefined && ++ticks % 5 === 0) {
         void db
           .lead(ROLLOUT_LEAD)
-          .then((leading) => (leading ? verifier.tick() : 0))
+          .then((leading) => (leading ? verifier.tick(10_000) : 0))
           .catch((error: unknown) => log({ msg: 'attestation round failed', error: String(error) }));
       }
     }, 2000);
