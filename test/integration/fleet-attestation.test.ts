@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { chmodSync, createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import os from 'node:os';
@@ -15,7 +16,11 @@ import { createEncryptStream } from '../../models/bundle/age/stream.js';
 import { generateSigningKey, type SigningKey } from '../../models/keys.js';
 import { createRoot, rootDigest, signRoot } from '../../models/trust/root.js';
 import { TrustStore } from '../../models/trust/trust-store.js';
+import { measureRuntime } from '../../runtime/attest/attester.js';
+import { encodeEvidence } from '../../runtime/attest/evidence.js';
 import { fileDigest, runtimeDigest } from '../../runtime/attest/file-digest.js';
+import { SoftwareAttester } from '../../runtime/attest/software-attester.js';
+import { createCsr } from '../../deploy/fleet/pki/csr.js';
 import { startSwtpm, swtpmMissing, type Swtpm } from '../support/swtpm.js';
 import { SYSROOTS } from '../support/sysroots.js';
 import { freePort, until } from '../support/wait.js';
@@ -195,5 +200,20 @@ describe('fleet attestation', () => {
     const result = await appraise('robot-plain');
     expect(result.status).toBe('untrusted');
     expect(result.reasons.find((r) => r.code === 'EAI_ATTEST_NOT_ALLOWED')?.message).toMatch(/model-bundle "face@[\d.]+ \(files differ\)"/u);
+  }, 60_000);
+
+  it.skipIf(skip)('the same evidence twice at once: the first answer spends the nonce, the copy is stale', async () => {
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { token } = await controller.enrolment.issueToken({ validForMs: 60_000, deviceId: 'robot-replay' });
+    await controller.enrolment.enrol(createCsr({ privateKey, commonName: 'robot-replay', challengePassword: token }));
+    const attester = await SoftwareAttester.open({ stateDir: path.join(tmp, 'robot-replay'), privateKey, bootId: 'test' });
+    await measureRuntime(attester);
+    await attester.measure('trust-root', 'root.json v1', rootDigest(root));
+    const nonce = await controller.attestations!.challenge('robot-replay');
+    const payload = aios.fleet.v1.AttestationEvidence.encode({ commandSequence: 1, format: 'aios-evidence/1', evidence: Buffer.from(encodeEvidence(await attester.evidence(nonce))) }).finish();
+    const results = await Promise.all([controller.attestations!.receive('robot-replay', payload), controller.attestations!.receive('robot-replay', payload)]);
+    expect(results.map((r) => r.status).sort()).toEqual(['stale', 'trusted']);
+    expect(results.find((r) => r.status === 'stale')?.reasons[0]?.code).toBe('EAI_ATTEST_NONCE_REUSED');
+    expect((await controller.attestations!.receive('robot-replay', payload)).status).toBe('stale');
   }, 60_000);
 });
