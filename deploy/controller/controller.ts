@@ -186,15 +186,18 @@ export class Controller {
     const rollouts = new Rollouts(db, { deployments, registry, commands, now, leads: () => db.lead(ROLLOUT_LEAD), ...(verifier === undefined ? {} : { trusted: (device: string) => verifier.trusted(device) }) });
     // A restarted controller picks up running rollouts; a periodic tick also catches progress that
     // arrived while no event came (a device that commits while the controller restarts).
-    let ticks = 0;
+    let attesting = false;
     const ticker = setInterval(() => {
       void rollouts.tick();
-      // The lead also challenges devices whose appraisal is due (every 10 s it looks).
-      if (verifier !== undefined && ++ticks % 5 === 0) {
+      // The lead also challenges devices whose appraisal is due: a small share each tick, so that
+      // signing the commands and appraising the answers never stalls the controller for long.
+      if (verifier !== undefined && !attesting) {
+        attesting = true;
         void db
           .lead(ROLLOUT_LEAD)
-          .then((leading) => (leading ? verifier.tick(10_000) : 0))
-          .catch((error: unknown) => log({ msg: 'attestation round failed', error: String(error) }));
+          .then((leading) => (leading ? verifier.tick(2000) : 0))
+          .catch((error: unknown) => log({ msg: 'attestation round failed', error: String(error) }))
+          .finally(() => (attesting = false));
       }
     }, 2000);
     ticker.unref();
