@@ -71,7 +71,7 @@ export class Attestations extends EventEmitter<{ result: [string, AttestationRes
   readonly #now: () => number;
   /** Evidence waiting to be appraised, and the appraisal running. */
   readonly #received: { readonly deviceId: string; readonly payload: Uint8Array; readonly resolve: (result: AttestationResult) => void; readonly reject: (error: unknown) => void }[] = [];
-  #appraising: Promise<void> | undefined;
+  #appraising = false;
   /** Challenges waiting for the next transaction. */
   readonly #asked: { readonly deviceId: string; readonly resolve: (nonce: Uint8Array) => void; readonly reject: (error: unknown) => void }[] = [];
   /** The registered key per device, the same object each time (the verifier caches its decoding per object). */
@@ -150,35 +150,41 @@ export class Attestations extends EventEmitter<{ result: [string, AttestationRes
   receive(deviceId: string, payload: Uint8Array): Promise<AttestationResult> {
     return new Promise((resolve, reject) => {
       this.#received.push({ deviceId, payload, resolve, reject });
-      this.#appraising ??= this.#appraiseReceived().finally(() => (this.#appraising = undefined));
+      if (!this.#appraising) void this.#appraiseReceived();
     });
   }
 
   async #appraiseReceived(): Promise<void> {
-    while (this.#received.length > 0) {
-      // Let the messages that arrived meanwhile join this batch.
-      await new Promise((resolve) => setImmediate(resolve));
-      const batch = this.#received.splice(0, APPRAISAL_BATCH);
-      try {
-        const appraised = await Promise.all(batch.map((m) => this.#appraise(m.deviceId, m.payload)));
-        const now = this.#now();
-        await this.#db.transaction(async (tx) => {
-          for (const a of appraised) {
-            // The nonce is spent by the first answer: a copy in this batch, or one another replica
-            // appraised meanwhile, finds it spent and is stale, as a replay.
-            if (a.redeem !== undefined && (await tx.run('UPDATE attestation_challenges SET answered_ms = ? WHERE device_id = ? AND nonce = ? AND answered_ms IS NULL', now, a.deviceId, Buffer.from(a.redeem.nonce))) !== 1) {
-              a.result = verifyEvidence({ ...a.request, challenge: { ...a.redeem, answeredAt: now } });
+    this.#appraising = true;
+    try {
+      while (this.#received.length > 0) {
+        // Let the messages that arrived meanwhile join this batch.
+        await new Promise((resolve) => setImmediate(resolve));
+        const batch = this.#received.splice(0, APPRAISAL_BATCH);
+        try {
+          const appraised = await Promise.all(batch.map((m) => this.#appraise(m.deviceId, m.payload)));
+          const now = this.#now();
+          await this.#db.transaction(async (tx) => {
+            for (const a of appraised) {
+              // The nonce is spent by the first answer: a copy in this batch, or one another replica
+              // appraised meanwhile, finds it spent and is stale, as a replay.
+              if (a.redeem !== undefined && (await tx.run('UPDATE attestation_challenges SET answered_ms = ? WHERE device_id = ? AND nonce = ? AND answered_ms IS NULL', now, a.deviceId, Buffer.from(a.redeem.nonce))) !== 1) {
+                a.result = verifyEvidence({ ...a.request, challenge: { ...a.redeem, answeredAt: now } });
+              }
+              await tx.run('UPDATE devices SET attestation_status = ?, attestation_ms = ?, attestation_result = ? WHERE device_id = ?', a.result.status, now, JSON.stringify(a.result), a.deviceId);
             }
-            await tx.run('UPDATE devices SET attestation_status = ?, attestation_ms = ?, attestation_result = ? WHERE device_id = ?', a.result.status, now, JSON.stringify(a.result), a.deviceId);
+          });
+          for (const [i, a] of appraised.entries()) {
+            this.emit('result', a.deviceId, a.result);
+            batch[i]?.resolve(a.result);
           }
-        });
-        for (const [i, a] of appraised.entries()) {
-          this.emit('result', a.deviceId, a.result);
-          batch[i]?.resolve(a.result);
+        } catch (error) {
+          for (const m of batch) m.reject(error);
         }
-      } catch (error) {
-        for (const m of batch) m.reject(error);
       }
+    } finally {
+      // In the same turn as the loop's last check, so a message pushed after it starts a new run.
+      this.#appraising = false;
     }
   }
 

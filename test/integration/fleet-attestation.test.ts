@@ -143,6 +143,8 @@ describe('fleet attestation', () => {
     const garbage = await controller.attestations!.receive('robot-plain', aios.fleet.v1.AttestationEvidence.encode({ format: 'aios-evidence/1', evidence: Buffer.from('{"format":"aios-evidence/1","kind":"tpm2"}') }).finish());
     expect(garbage.status).toBe('untrusted');
     expect(garbage.reasons[0]?.code).toBe('EAI_ATTEST_MALFORMED');
+    // One after another, each awaited: every one is appraised (none left waiting for a next message).
+    for (let i = 0; i < 3; i++) expect((await controller.attestations!.receive('robot-plain', Buffer.from([0xff, i]))).reasons[0]?.code).toBe('EAI_ATTEST_MALFORMED');
   }, 90_000);
 
   it.skipIf(skip)('key release: an encrypted model is decrypted by trusted devices only after the controller releases its key (a TPM credential; sealed to the device key without a TPM)', async () => {
