@@ -498,6 +498,7 @@ export class Agent {
       identities: this.#identities,
       awaitKey: (deploymentId) => this.#releasedKeys.wait(deploymentId),
       window: this.config.otaWindow,
+      ...(this.config.otaBytesPerSecond === undefined ? {} : { bytesPerSecond: this.config.otaBytesPerSecond }),
       pipelines: () =>
         [...this.#pipelines.values()].flatMap((p) =>
           p.pipeline === undefined

@@ -21,6 +21,7 @@ import { isTopicLevel } from '../fleet/topics.js';
  * identity: /var/lib/aios/agent/device.age.key   # decrypts models encrypted to this device
  * labels: { site: madrid, kind: amr }
  * telemetry: { interval: 10s, spool: 64MiB }
+ * ota: { window: 8, rate: 2MiB/s }     # chunks in flight; the most a download may take of the link
  * pipelines: [ /etc/aios/pipelines/front-camera.yaml ]
  * attestation: { tpm: "device:/dev/tpmrm0" }   # the TPM (a tpm2-tools TCTI); none: software attestation
  * ```
@@ -43,6 +44,8 @@ export interface AgentConfig {
   readonly pipelines: readonly string[];
   /** Chunks of a bundle download in flight (flow control). */
   readonly otaWindow: number;
+  /** The most bytes per second a bundle download asks for; absent: no cap. */
+  readonly otaBytesPerSecond?: number;
   /** The TPM's TCTI (`device:/dev/tpmrm0`, `swtpm:host=…,port=…`); absent: no TPM, software attestation. */
   readonly tpm?: string;
 }
@@ -125,10 +128,23 @@ export function parseAgentConfig(raw: unknown, file: string): AgentConfig {
     }
   }
   let otaWindow = 8;
-  if (o['ota'] !== undefined) {
-    const w = (o['ota'] as { window?: unknown } | null)?.window;
-    if (typeof w !== 'number' || !Number.isInteger(w) || w < 1 || w > 256) problems.push("'ota.window' must be a whole number from 1 to 256 (chunks in flight)");
-    else otaWindow = w;
+  let otaBytesPerSecond: number | undefined;
+  const ota = o['ota'];
+  if (ota !== undefined) {
+    if (typeof ota !== 'object' || ota === null || Array.isArray(ota)) problems.push("'ota' must be a mapping { window, rate }");
+    else {
+      const { window: w, rate, ...rest } = ota as Record<string, unknown>;
+      for (const k of Object.keys(rest)) problems.push(`unknown key 'ota.${k}'`);
+      if (w !== undefined) {
+        if (typeof w !== 'number' || !Number.isInteger(w) || w < 1 || w > 256) problems.push("'ota.window' must be a whole number from 1 to 256 (chunks in flight)");
+        else otaWindow = w;
+      }
+      if (rate !== undefined) {
+        const bytes = parseBytes(typeof rate === 'string' ? rate.replace(/\/s$/u, '') : rate);
+        if (bytes === undefined || bytes < 1024) problems.push(`'ota.rate' ${String(rate)} must be bytes per second, at least 1KiB/s (e.g. 2MiB/s)`);
+        else otaBytesPerSecond = bytes;
+      }
+    }
   }
   let tpm: string | undefined;
   if (o['attestation'] !== undefined) {
@@ -165,6 +181,7 @@ export function parseAgentConfig(raw: unknown, file: string): AgentConfig {
     spoolBytes,
     pipelines,
     otaWindow,
+    ...(otaBytesPerSecond === undefined ? {} : { otaBytesPerSecond }),
     ...(tpm === undefined ? {} : { tpm }),
   };
   if (problems.length > 0) {

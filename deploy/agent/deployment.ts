@@ -69,6 +69,8 @@ export interface DeploymentContext {
   /** The key of a key-release deployment, once the controller sends it (after a trusted attestation). */
   readonly awaitKey?: (deploymentId: string) => Promise<Uint8Array>;
   readonly window: number;
+  /** The most bytes per second a download asks for; absent: no cap. */
+  readonly bytesPerSecond?: number;
   /** Stats of the running pipelines, and which of their stages run `store:<model>`. */
   readonly pipelines: () => readonly { readonly stats: PipelineStats; readonly running: boolean; readonly stagesUsing: (model: string) => readonly string[] }[];
   /** After a new version is active: start pipelines that could not start without it, before the health window. */
@@ -158,6 +160,7 @@ async function continueDeployment(ctx: DeploymentContext, start: DeploymentRecor
         transfer,
         dir: path.join(ctx.state, 'downloads'),
         window: ctx.window,
+        ...(ctx.bytesPerSecond === undefined ? {} : { bytesPerSecond: ctx.bytesPerSecond }),
         onProgress: (done, total) => {
           // A progress event per tenth of the bundle, not per chunk: the link is for telemetry too.
           if (done === total || done - reported >= total / 10) {

@@ -32,18 +32,23 @@ import { aios } from '../proto/gen/aios.js';
  *  - `<sha256>.bundle`: the finished, verified bundle (renamed from .part; the directory is
  *    fsynced). It never exists unless it is complete and matches bundle_sha256.
  *
- * Resume (after a disconnect, a cancel, a crash or a power cut): the record says which chunks to
- * trust, and each of them is hashed again from the .part before it counts, so neither a torn
- * write, a lost page cache nor a damaged record can smuggle a bad chunk in. A record that is
- * missing, unreadable or made for other chunk geometry makes every chunk of the existing .part a
- * candidate (they are all hashed), so losing the record costs a read, not a download. Only the
- * chunks that fail are fetched again.
+ * Resume (after a disconnect, a cancel, a crash or a power cut): every chunk of the .part is
+ * hashed again and counts when it matches its signed digest, so neither a torn write, a lost page
+ * cache nor a damaged record can smuggle a bad chunk in, and chunks written after the record's
+ * last save (a process killed within a second of starting) are kept rather than fetched again.
+ * Holes are recognised as zeros without hashing. The record is what the disk held for certain at
+ * the last save: a claimed chunk that fails is counted (`discardedOnResume`, a sign of a disk or
+ * power problem), one found good without a claim too (`unrecordedOnResume`). Only the chunks
+ * that fail are fetched again.
  *
  * Flow control: at most `window` chunks are requested and not yet written at any time, so the
  * broker holds at most that many for this device and the agent at most that many in memory;
  * contiguous missing chunks are asked for in one request (`first`, `count`). A request not
  * answered within `timeoutMs` is asked again; after a reconnect everything in flight is asked
  * again at once (an answer may have been lost with the connection; duplicates are ignored).
+ * With `bytesPerSecond`, requests are also paced by a token bucket holding at most a quarter of
+ * a second's bytes (or one chunk, if larger), so the average rate stays under the cap and a burst
+ * after an idle spell stays short.
  *
  * The MQTT client belongs to the agent. The download subscribes (QoS 1) to the device's
  * `ota/chunks` topic itself and waits for the SUBACK before its first request, so no answer can
@@ -80,6 +85,11 @@ export interface BundleDownloadOptions {
   readonly dir: string;
   /** Chunks requested and not yet written, at most. Default 8. */
   readonly window?: number;
+  /**
+   * The most bytes per second to ask for (a metered or shared link: telemetry and remote
+   * operation must still get through). Default: as fast as the window allows.
+   */
+  readonly bytesPerSecond?: number;
   /** A request not answered after this long is sent again. Default 15 s. */
   readonly timeoutMs?: number;
   /** No chunk written for this long, connected or not: EAI_OTA_TIMEOUT. Default 2 min. */
@@ -100,6 +110,8 @@ export interface DownloadStats {
   /** Chunks found good in the .part when starting, and claimed ones that failed re-verification. */
   readonly resumedChunks: number;
   readonly discardedOnResume: number;
+  /** Of the resumed chunks, those the record did not claim: written after its last save. */
+  readonly unrecordedOnResume: number;
   /** ChunkRequest messages published, and the chunks they asked for in all. */
   readonly requests: number;
   readonly chunksRequested: number;
@@ -130,6 +142,8 @@ export const MAX_CHUNK_BYTES = 1024 * 1024;
 /** The most chunks one ChunkRequest asks for (the controller caps requests at this too). */
 export const MAX_REQUEST_CHUNKS = 64;
 export const PROGRESS_FORMAT = 'aios-ota-progress/1';
+/** How much of the .part one read covers while resuming. */
+const RESUME_READ_BYTES = 1024 * 1024;
 
 /** The transfer fields of a verified Deploy command, as numbers and plain byte arrays. */
 export function bundleTransfer(deploy: aios.fleet.v1.IDeploy): BundleTransfer {
@@ -153,6 +167,7 @@ export class BundleDownload {
   readonly #stallTimeoutMs: number;
   readonly #maxBadCopies: number;
   readonly #saveIntervalMs: number;
+  readonly #bytesPerSecond: number | undefined;
   readonly #onProgress: (bytesDone: number, bytesTotal: number) => void;
   readonly #requestTopic: string;
   readonly #chunkTopic: string;
@@ -170,6 +185,11 @@ export class BundleDownload {
   /** Every chunk below this one is held: where the search for missing chunks starts. */
   #firstGap = 0;
   #pumpScheduled = false;
+  /** The rate limit's token bucket: bytes that may be asked for now, as of #allowanceAt. */
+  #allowance = 0;
+  #allowanceAt = Date.now();
+  /** A pump waiting for the bucket to refill. */
+  #paced: NodeJS.Timeout | undefined;
   #handle: FileHandle | undefined;
   #timer: NodeJS.Timeout | undefined;
   #lastProgressAt = Date.now();
@@ -200,13 +220,14 @@ export class BundleDownload {
     this.#stallTimeoutMs = positive(options.stallTimeoutMs ?? 120_000, 'stallTimeoutMs');
     this.#maxBadCopies = positive(options.maxBadCopies ?? 3, 'maxBadCopies');
     this.#saveIntervalMs = positive(options.saveIntervalMs ?? 1000, 'saveIntervalMs');
+    this.#bytesPerSecond = options.bytesPerSecond === undefined ? undefined : positive(options.bytesPerSecond, 'bytesPerSecond');
     this.#onProgress = options.onProgress ?? (() => undefined);
     this.#requestTopic = deviceTopic(options.fleet, options.deviceId, 'ota/request');
     this.#chunkTopic = deviceTopic(options.fleet, options.deviceId, 'ota/chunks');
     const base = path.join(options.dir, t.bundleSha256);
     this.#files = { dir: options.dir, part: `${base}.part`, progress: `${base}.progress`, bundle: `${base}.bundle` };
     this.#have = new Uint8Array(Math.ceil(this.#chunks / 8));
-    this.#stats = { chunks: this.#chunks, chunksHeld: 0, resumedChunks: 0, discardedOnResume: 0, requests: 0, chunksRequested: 0, received: 0, duplicates: 0, badDigest: 0, malformed: 0, foreign: 0, outOfRange: 0, wrongSize: 0, timeouts: 0, resent: 0, maxInFlight: 0 };
+    this.#stats = { chunks: this.#chunks, chunksHeld: 0, resumedChunks: 0, discardedOnResume: 0, unrecordedOnResume: 0, requests: 0, chunksRequested: 0, received: 0, duplicates: 0, badDigest: 0, malformed: 0, foreign: 0, outOfRange: 0, wrongSize: 0, timeouts: 0, resent: 0, maxInFlight: 0 };
     this.#done = new Promise<string>((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
@@ -304,26 +325,51 @@ export class BundleDownload {
     for (const name of names.filter((n) => isTempOf(n, base))) await disk('remove', path.join(dir, name), () => rm(path.join(dir, name), { force: true }));
   }
 
-  /** Marks the chunks of the .part that hash right; the record only says which ones to try. */
+  /**
+   * Marks the chunks of the .part that hash right. Every chunk is tried, not only those the record
+   * claims: a run killed between two saves leaves chunks on disk (in the page cache at least) that
+   * no record mentions yet, and fetching them again would make a device that keeps crashing in its
+   * first second start from nothing each time. Holes read as zeros and are rejected without
+   * hashing, so trying the unwritten rest of a sparse .part costs little.
+   */
   async #resume(handle: FileHandle): Promise<void> {
     const { part } = this.#files;
     const t = this.#transfer;
     const partSize = (await disk('stat', part, () => handle.stat())).size;
     const record = await this.#readRecord();
-    // No usable record: every chunk the old .part covers may be good, so all of them are tried.
-    const claimed = (i: number): boolean => i * t.chunkSize < partSize && (record === undefined || ((record[i >> 3] ?? 0) & (1 << (i & 7))) !== 0);
+    const claimed = (i: number): boolean => record !== undefined && ((record[i >> 3] ?? 0) & (1 << (i & 7))) !== 0;
     await disk('size', part, () => handle.truncate(t.bundleSize));
-    const buffer = Buffer.allocUnsafe(t.chunkSize);
-    for (let i = 0; i < this.#chunks; i++) {
-      if (!claimed(i)) continue;
+    const covered = Math.min(this.#chunks, Math.ceil(partSize / t.chunkSize));
+    // Read in spans of whole chunks (about 1 MiB): small chunks would otherwise cost a read each.
+    const span = Math.max(1, Math.floor(RESUME_READ_BYTES / t.chunkSize));
+    const buffer = Buffer.allocUnsafe(span * t.chunkSize);
+    const zeros = Buffer.alloc(t.chunkSize);
+    const zeroDigests = new Map<number, Buffer>();
+    for (let first = 0; first < covered; first += span) {
       if (this.#stopped()) return;
-      const length = this.#sizeOf(i);
-      await disk('read', part, () => readFully(handle, buffer, length, i * t.chunkSize));
-      if (createHash('sha256').update(buffer.subarray(0, length)).digest().equals(t.chunkSha256[i] as Uint8Array)) {
-        this.#mark(i);
-        this.#stats.resumedChunks++;
-      } else if (record !== undefined) {
-        this.#stats.discardedOnResume++;
+      const last = Math.min(first + span, covered);
+      const length = (last - first - 1) * t.chunkSize + this.#sizeOf(last - 1);
+      await disk('read', part, () => readFully(handle, buffer, length, first * t.chunkSize));
+      for (let i = first; i < last; i++) {
+        const size = this.#sizeOf(i);
+        const bytes = buffer.subarray((i - first) * t.chunkSize, (i - first) * t.chunkSize + size);
+        const expected = t.chunkSha256[i] as Uint8Array;
+        let good: boolean;
+        if (bytes.equals(zeros.subarray(0, size))) {
+          // Never written (or a chunk that really is all zeros: then its signed digest says so).
+          let digest = zeroDigests.get(size);
+          if (digest === undefined) zeroDigests.set(size, (digest = createHash('sha256').update(bytes).digest()));
+          good = digest.equals(expected);
+        } else {
+          good = createHash('sha256').update(bytes).digest().equals(expected);
+        }
+        if (good) {
+          this.#mark(i);
+          this.#stats.resumedChunks++;
+          if (!claimed(i)) this.#stats.unrecordedOnResume++;
+        } else if (claimed(i)) {
+          this.#stats.discardedOnResume++;
+        }
       }
     }
     this.#dirty = true;
@@ -445,11 +491,29 @@ export class BundleDownload {
     if (this.#state !== 'running' || !this.#client.connected) return;
     const t = this.#transfer;
     let room = this.#window - this.#inFlight.size - this.#writing.size;
-    const deadline = Date.now() + this.#timeoutMs;
+    const now = Date.now();
+    const deadline = now + this.#timeoutMs;
+    const rate = this.#bytesPerSecond;
+    if (rate !== undefined) {
+      this.#allowance = Math.min(Math.max(t.chunkSize, rate / 4), this.#allowance + ((now - this.#allowanceAt) * rate) / 1000);
+      this.#allowanceAt = now;
+    }
     for (let i = this.#firstGap; i < this.#chunks && room > 0; i++) {
       if (!this.#wanted(i)) continue;
+      if (rate !== undefined && this.#allowance < this.#sizeOf(i)) {
+        // Ask again once the bucket holds this chunk's bytes.
+        if (this.#paced === undefined) {
+          this.#paced = setTimeout(() => {
+            this.#paced = undefined;
+            this.#pump();
+          }, Math.ceil(((this.#sizeOf(i) - this.#allowance) * 1000) / rate));
+          this.#paced.unref();
+        }
+        break;
+      }
       let count = 1;
-      while (count < room && count < MAX_REQUEST_CHUNKS && i + count < this.#chunks && this.#wanted(i + count)) count++;
+      while (count < room && count < MAX_REQUEST_CHUNKS && i + count < this.#chunks && this.#wanted(i + count) && (rate === undefined || this.#allowance >= this.#bytesIn(i, count + 1))) count++;
+      if (rate !== undefined) this.#allowance -= this.#bytesIn(i, count);
       for (let j = i; j < i + count; j++) this.#inFlight.set(j, deadline);
       const request = aios.fleet.v1.ChunkRequest.encode({ deploymentId: t.deploymentId, bundleSha256: t.bundleSha256, first: i, count }).finish();
       // Not awaited: a lost request is asked again after its timeout or the next reconnect.
@@ -565,6 +629,8 @@ export class BundleDownload {
   #detach(): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    if (this.#paced !== undefined) clearTimeout(this.#paced);
+    this.#paced = undefined;
     this.#client.off('message', this.#onMessage);
     this.#client.off('connect', this.#onConnect);
     this.#inFlight.clear();
@@ -607,6 +673,12 @@ export class BundleDownload {
   #sizeOf(index: number): number {
     const t = this.#transfer;
     return Math.min(t.chunkSize, t.bundleSize - index * t.chunkSize);
+  }
+
+  /** Bytes in chunks first … first + count - 1. */
+  #bytesIn(first: number, count: number): number {
+    const t = this.#transfer;
+    return Math.min(count * t.chunkSize, t.bundleSize - first * t.chunkSize);
   }
 }
 

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,9 +19,14 @@ import { freePort, until } from '../support/wait.js';
 // The device agent killed with SIGKILL at random moments while it deploys a model, again and
 // again: after every kill the model store holds a complete, verified version (or none yet), and
 // each restart resumes the download from the chunks it already has, until the deployment commits.
+// The agent's download is capped at 1 MiB/s (ota.rate) so that the 12 MB bundle takes several
+// runs and most kills land in the download, whatever this machine's speed; the rest land in
+// start-up, install and the health window. Half the kills come at a random instant after the
+// spawn, half at a random instant after the agent said it started.
 // Iterations: AIOS_CRASH_ITERATIONS (default 50); bench/ has no separate loop, run this with 1000.
 
 const ITERATIONS = Number(process.env['AIOS_CRASH_ITERATIONS'] ?? 50);
+const WINDOW = 4;
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'aios-agent-crash-'));
 const build = path.join(repo, 'node_modules/.cache/aios-agent-crash', String(process.pid));
@@ -44,7 +49,7 @@ beforeAll(async () => {
   writeFileSync(path.join(dir, 'token'), (await controller.enrolment.issueToken({ validForMs: 3_600_000, deviceId: 'robot-1' })).token);
   writeFileSync(
     path.join(dir, 'agent.yaml'),
-    `fleet: warehouse\ndevice: robot-1\nbroker: ${controller.urls.broker}\ncontroller: ${controller.urls.enrol}\nca: fleet-ca.pem\ntoken: token\nstate: state\ntrust: trust\nmodels: models\ntelemetry: { interval: 1s, spool: 1MiB }\nota: { window: 4 }\n`,
+    `fleet: warehouse\ndevice: robot-1\nbroker: ${controller.urls.broker}\ncontroller: ${controller.urls.enrol}\nca: fleet-ca.pem\ntoken: token\nstate: state\ntrust: trust\nmodels: models\ntelemetry: { interval: 1s, spool: 1MiB }\nota: { window: ${WINDOW}, rate: 1MiB/s }\n`,
   );
   env = { AGENT_MODULE: pathToFileURL(agentModule).href, CONFIG_MODULE: pathToFileURL(configModule).href, AGENT_CONFIG: path.join(dir, 'agent.yaml'), AGENT_SYSROOT: path.join(SYSROOTS, 'x86-server') };
 }, 120_000);
@@ -55,7 +60,27 @@ afterAll(async () => {
 });
 
 function startChild(): ChildProcess {
-  return spawn(process.execPath, [path.join(repo, 'test/fixtures/fleet/agent-child.mjs')], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+  return spawn(process.execPath, [path.join(repo, 'test/fixtures/fleet/agent-child.mjs')], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+}
+
+/** Resolves when the child prints "started" (Agent.start returned), or when it exits. */
+function started(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    child.stdout?.on('data', (data: Buffer) => (data.toString().includes('started') ? resolve() : undefined));
+    child.once('exit', () => resolve());
+  });
+}
+
+/** The phase the agent last recorded for its deployment (deploy/agent/deployment.ts), or 'none'. */
+function recordedPhase(): string {
+  const folder = path.join(dir, 'state', 'deployments');
+  const file = existsSync(folder) ? readdirSync(folder).find((f) => f.endsWith('.json')) : undefined;
+  if (file === undefined) return 'none';
+  try {
+    return String((JSON.parse(readFileSync(path.join(folder, file), 'utf8')) as { phase?: unknown }).phase);
+  } catch {
+    return 'unreadable';
+  }
 }
 
 describe('an agent killed during an OTA deployment', () => {
@@ -78,13 +103,17 @@ describe('an agent killed during an OTA deployment', () => {
     await once(first, 'exit');
     const phase = async (): Promise<string> => (await controller.deployments.targets(d.id))[0]?.phase ?? '';
     let kills = 0;
+    const killedIn: Record<string, number> = {};
     while (kills < ITERATIONS && (await phase()) !== 'COMMITTED') {
       const child = startChild();
       const exited = once(child, 'exit');
-      await new Promise((r) => setTimeout(r, 150 + Math.random() * 900));
+      if (kills % 2 === 1) await started(child);
+      await new Promise((r) => setTimeout(r, Math.random() * 1000));
+      const at = recordedPhase();
       child.kill('SIGKILL');
       await exited;
       kills++;
+      killedIn[at] = (killedIn[at] ?? 0) + 1;
       // Whatever the moment: the store's active version (if any) is complete and verified.
       const store = await ModelStore.open(path.join(dir, 'models'), { gc: false });
       if ((await store.active('face')) !== undefined) await expect(store.check('face')).resolves.toMatchObject({ model: 'face', version: '1.0.0' });
@@ -99,8 +128,11 @@ describe('an agent killed during an OTA deployment', () => {
     }
     const store = await ModelStore.open(path.join(dir, 'models'), { gc: false });
     expect(await store.check('face')).toMatchObject({ version: '1.0.0' });
-    // Resumed, not restarted: far fewer chunks were sent than one full download per run.
-    expect(controller.bundleStats().chunksSent).toBeLessThan(chunks * Math.min(kills + 1, 4));
-    console.log(`agent-crash: ${kills} SIGKILLs, ${chunks} chunks in the bundle, ${controller.bundleStats().chunksSent} sent in all`);
+    // Resumed, not restarted: every chunk written survives a kill (its bytes are in the page cache
+    // whether or not the progress record was saved since), so a run loses at most the chunks in
+    // flight when it dies: its window.
+    const sent = controller.bundleStats().chunksSent;
+    console.log(`agent-crash: ${kills} SIGKILLs (by phase: ${JSON.stringify(killedIn)}), ${chunks} chunks in the bundle, ${sent} sent in all`);
+    expect(sent).toBeLessThanOrEqual(chunks + WINDOW * (kills + 2));
   }, 600_000);
 });

@@ -434,6 +434,52 @@ describe('bundle transfer: resume, verification and failures (embedded broker)',
     await client.endAsync();
   });
 
+  it('a record saved before the last chunks were written (a run killed between saves): those chunks are kept, not fetched again', async () => {
+    const d = identity('robot-unsaved');
+    const client = await connect(broker.url, d);
+    const dir = freshDir();
+    const bundle = await makeBundle(2 * 1024 * 1024, 32 * 1024);
+    serve(ctl, bundle);
+    const chunks = bundle.transfer.chunkSha256.length;
+    await half(client, d.name, bundle, dir);
+    const base = path.join(dir, bundle.transfer.bundleSha256);
+    const onDisk = goodChunks(`${base}.part`, bundle);
+    // The record as the first save of a run left it: nothing claimed yet.
+    const record = JSON.parse(readFileSync(`${base}.progress`, 'utf8')) as { have: string };
+    writeFileSync(`${base}.progress`, JSON.stringify({ ...record, have: Buffer.alloc(Buffer.from(record.have, 'base64').length).toString('base64') }));
+    const again = download(client, d.name, bundle, dir);
+    await expectExact(await again.done(), bundle);
+    expect(onDisk.size).toBeGreaterThan(0);
+    expect(again.stats()).toMatchObject({ resumedChunks: onDisk.size, unrecordedOnResume: onDisk.size, discardedOnResume: 0, chunksRequested: chunks - onDisk.size });
+    await client.endAsync();
+  });
+
+  it('a rate cap: never more bytes than a quarter second\'s burst plus the rate since the start, whatever the window', async () => {
+    const d = identity('robot-paced');
+    const client = await connect(broker.url, d);
+    const bundle = await makeBundle(1024 * 1024, 32 * 1024);
+    serve(ctl, bundle);
+    const rate = 2 * 1024 * 1024;
+    const burst = rate / 4;
+    const over: string[] = [];
+    const started = Date.now();
+    const paced = download(client, d.name, bundle, freshDir(), {
+      window: 32,
+      bytesPerSecond: rate,
+      onProgress: (done) => {
+        const allowed = burst + (rate * (Date.now() - started)) / 1000;
+        if (done > allowed) over.push(`${done} bytes after ${Date.now() - started} ms (allowed ${Math.floor(allowed)})`);
+      },
+    });
+    await expectExact(await paced.done(), bundle);
+    expect(over).toEqual([]);
+    // The bucket starts empty: the bytes beyond one burst take (1 MiB - 512 KiB) / 2 MiB/s at least.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(((bundle.bytes.length - burst) * 1000) / rate - 5);
+    expect(paced.stats()).toMatchObject({ chunksRequested: bundle.transfer.chunkSha256.length, timeouts: 0 });
+    await expect(Promise.resolve().then(() => download(client, d.name, bundle, freshDir(), { bytesPerSecond: 0 }))).rejects.toMatchObject({ code: 'EAI_OTA_DEPLOY_INVALID' });
+    await client.endAsync();
+  });
+
   it('a Deploy whose bundle digest disagrees with its chunk digests: EAI_OTA_BUNDLE_DIGEST, nothing kept', async () => {
     const d = identity('robot-liar');
     const client = await connect(broker.url, d);
@@ -618,8 +664,7 @@ describe('bundle transfer: a device process killed at random points (embedded br
         await expectExact(`${base}.bundle`, bundle);
         rmSync(dir, { recursive: true, force: true });
         const runs: { plan: object; killed: boolean; startBytes: number }[] = [];
-        // What the next run must resume from: the chunks the record claims, or without a record
-        // every good chunk of the .part (all of them are hashed then).
+        // What the next run must resume from: every good chunk of the .part.
         let resumable = 0;
         while (runs.filter((r) => r.killed).length < KILLS_PER_LANE) {
           // Half the kills at a random instant of a run (connecting, re-verifying, fetching,
@@ -645,11 +690,12 @@ describe('bundle transfer: a device process killed at random points (embedded br
             resumable = 0;
             continue;
           }
-          // The record claims only chunks that are good on disk.
+          // The record claims only chunks that are good on disk; the next run keeps every good
+          // chunk, those written after the record's last save too.
           const good = goodChunks(`${base}.part`, bundle);
-          const claims = existsSync(`${base}.progress`) ? claimed(readFileSync(`${base}.progress`, 'utf8'), chunks) : good;
+          const claims = existsSync(`${base}.progress`) ? claimed(readFileSync(`${base}.progress`, 'utf8'), chunks) : new Set<number>();
           expect([...claims].filter((i) => !good.has(i)), label).toEqual([]);
-          resumable = [...claims].reduce((n, i) => n + Math.min(bundle.transfer.chunkSize, bundle.bytes.length - i * bundle.transfer.chunkSize), 0);
+          resumable = [...good].reduce((n, i) => n + Math.min(bundle.transfer.chunkSize, bundle.bytes.length - i * bundle.transfer.chunkSize), 0);
         }
         const final = await runChild(childScript, config, {});
         expect(final.code, final.stderr).toBe(0);
