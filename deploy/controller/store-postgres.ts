@@ -8,7 +8,21 @@ import type { ControllerStore, Sql } from './store.js';
  * and NUMERIC results come back as numbers, as SQLite's integers do. Leads are session advisory
  * locks held on a connection of their own, so a replica that dies or loses the database lets go
  * of them without anyone cleaning up.
+ *
+ * Cut off from the database (a partition, not a clean close), both ends must notice soon, or
+ * the lead stays with a replica that cannot use it: the server drops a lead's session after
+ * LEAD_SERVER_TIMEOUT_S without TCP keepalive answers (set per session), which frees the lock for
+ * another replica, and the replica itself gives a lead up when a check is not answered within
+ * LEAD_CHECK_MS, which is shorter, so two replicas never both believe they lead. Other statements
+ * give up after QUERY_TIMEOUT_MS instead of hanging until TCP gives up (about 15 minutes).
  */
+/** A statement not answered in this long fails (as `unavailable`) instead of waiting for TCP. */
+const QUERY_TIMEOUT_MS = 60_000;
+/** A lead check (or a lead's connection) not answered in this long: the lead is given up. */
+export const LEAD_CHECK_MS = 5_000;
+/** The server ends a lead's session, freeing its lock, after this long without a sign of the replica. */
+export const LEAD_SERVER_TIMEOUT_S = 12;
+
 export class PostgresStore implements ControllerStore {
   readonly kind = 'postgres';
   readonly shared = true;
@@ -18,6 +32,7 @@ export class PostgresStore implements ControllerStore {
   readonly #pool: pg.Pool;
   readonly #leads = new Map<string, { client: pg.Client; held: boolean }>();
   readonly #texts = new Map<string, string>();
+  #closing: Promise<void> | undefined;
 
   private constructor(driver: typeof pg, config: pg.PoolConfig, location: string) {
     this.#pg = driver;
@@ -38,7 +53,7 @@ export class PostgresStore implements ControllerStore {
       throw new FleetError('EAI_FLEET_STORE', `a PostgreSQL store needs the pg package, which cannot be loaded (${(cause as Error).message.split('\n')[0]}); run npm ci.`, { cause });
     }
     const numbers = (oid: number, format?: string): ((value: string) => unknown) => (oid === 20 || oid === 1700 ? Number : (driver.types.getTypeParser(oid, format as 'text') as (value: string) => unknown));
-    const store = new PostgresStore(driver, { connectionString: url, max: 8, connectionTimeoutMillis: 10_000, types: { getTypeParser: numbers } as pg.CustomTypesConfig }, location);
+    const store = new PostgresStore(driver, { connectionString: url, max: 8, connectionTimeoutMillis: 10_000, query_timeout: QUERY_TIMEOUT_MS, keepAlive: true, keepAliveInitialDelayMillis: 10_000, types: { getTypeParser: numbers } as pg.CustomTypesConfig }, location);
     try {
       await store.get('SELECT 1 AS ok');
     } catch (cause) {
@@ -87,35 +102,36 @@ export class PostgresStore implements ControllerStore {
 
   async lead(name: string): Promise<boolean> {
     let lead = this.#leads.get(name);
-    if (lead !== undefined) {
-      try {
-        if (lead.held) {
-          await lead.client.query('SELECT 1');
-          return true;
-        }
-        const r = await lead.client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok', [name]);
-        lead.held = r.rows[0]?.ok === true;
-        return lead.held;
-      } catch {
-        // The connection is gone, and the lock with it: start over on a new one.
-        this.#leads.delete(name);
-        await lead.client.end().catch(() => undefined);
-      }
-    }
-    const client = new this.#pg.Client(this.#config);
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
+    if (lead === undefined) {
+      const client = new this.#pg.Client({ ...this.#config, connectionTimeoutMillis: LEAD_CHECK_MS, query_timeout: LEAD_CHECK_MS });
+      client.on('error', () => undefined);
       lead = { client, held: false };
       this.#leads.set(name, lead);
-      const r = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok', [name]);
+      try {
+        await client.connect();
+        // Silent for 6 s, then 3 probes 2 s apart: LEAD_SERVER_TIMEOUT_S (ignored on a Unix socket).
+        await client.query('SET tcp_keepalives_idle = 6; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3');
+      } catch {
+        return this.#drop(name, lead);
+      }
+    }
+    try {
+      // Held: the session still being there is what keeps the lock; asking shows it is.
+      const r = await lead.client.query<{ ok: boolean }>(lead.held ? 'SELECT true AS ok' : 'SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok', lead.held ? [] : [name]);
       lead.held = r.rows[0]?.ok === true;
       return lead.held;
     } catch {
-      this.#leads.delete(name);
-      await client.end().catch(() => undefined);
-      return false;
+      // The connection is gone (or not answering), and the lock with it: start over next time.
+      return this.#drop(name, lead);
     }
+  }
+
+  #drop(name: string, lead: { client: pg.Client; held: boolean }): false {
+    lead.held = false;
+    if (this.#leads.get(name) === lead) this.#leads.delete(name);
+    // Not awaited to the end: ending a connection nobody answers on would wait for TCP.
+    void lead.client.end().catch(() => undefined);
+    return false;
   }
 
   unavailable(error: unknown): boolean {
@@ -126,10 +142,16 @@ export class PostgresStore implements ControllerStore {
     return /Connection terminated|timeout exceeded when trying to connect/u.test(error instanceof Error ? error.message : '');
   }
 
+  /** Ends every connection; waits at most LEAD_CHECK_MS for a server that does not answer. Once only. */
   async close(): Promise<void> {
-    for (const { client } of this.#leads.values()) await client.end().catch(() => undefined);
-    this.#leads.clear();
-    await this.#pool.end();
+    if (this.#closing === undefined) {
+      const ends = [...this.#leads.values()].map(({ client }) => client.end().catch(() => undefined));
+      this.#leads.clear();
+      ends.push(this.#pool.end().catch(() => undefined));
+      let timer: NodeJS.Timeout | undefined;
+      this.#closing = Promise.race([Promise.all(ends), new Promise((resolve) => (timer = setTimeout(resolve, LEAD_CHECK_MS)))]).then(() => clearTimeout(timer));
+    }
+    await this.#closing;
   }
 
   /** `?` → `$1, $2, …`, outside quoted strings and identifiers. */
