@@ -58,6 +58,8 @@ export interface AgentOptions {
   readonly now?: () => number;
   /** Called when the agent is up and on each telemetry tick: systemd's notify and watchdog hooks. */
   readonly onAlive?: (what: 'ready' | 'watchdog') => void;
+  /** How often a running agent checks its certificate (default 12 h), and how long before expiry it renews (default 30 days). */
+  readonly renewal?: { readonly everyMs?: number; readonly beforeMs?: number };
 }
 
 interface RunningPipeline {
@@ -140,7 +142,7 @@ export class Agent {
 
   static async start(config: AgentConfig, options: AgentOptions): Promise<Agent> {
     const log = options.log ?? (() => undefined);
-    const identity = await ensureEnrolled({ log, device: config.device, state: config.state, ca: config.ca, ...(config.controller === undefined ? {} : { controller: config.controller }), ...(config.token === undefined ? {} : { token: config.token }), ...(config.tpm === undefined ? {} : { tpm: new Tpm({ tcti: config.tpm }) }) });
+    const identity = await ensureEnrolled({ log, ...(options.renewal?.beforeMs === undefined ? {} : { renewBeforeMs: options.renewal.beforeMs }), device: config.device, state: config.state, ca: config.ca, ...(config.controller === undefined ? {} : { controller: config.controller }), ...(config.token === undefined ? {} : { token: config.token }), ...(config.tpm === undefined ? {} : { tpm: new Tpm({ tcti: config.tpm }) }) });
     let trust: TrustStore;
     try {
       trust = await TrustStore.open(config.trust);
@@ -225,7 +227,8 @@ export class Agent {
   /** Renews the certificate when it nears its end, and reconnects with the new one. */
   async #renewIfDue(): Promise<void> {
     const { device, state, ca, controller } = this.config;
-    const identity = await ensureEnrolled({ log: (l) => this.#log(l), device, state, ca, ...(controller === undefined ? {} : { controller }) });
+    const beforeMs = this.#options.renewal?.beforeMs;
+    const identity = await ensureEnrolled({ log: (l) => this.#log(l), device, state, ca, ...(controller === undefined ? {} : { controller }), ...(beforeMs === undefined ? {} : { renewBeforeMs: beforeMs }) });
     if (identity.certificatePem === this.#certificateInUse) return;
     Object.assign(this.#client.options, { cert: identity.certificatePem, key: identity.keyPem });
     this.#certificateInUse = identity.certificatePem;
@@ -285,9 +288,9 @@ export class Agent {
     });
     this.#publisher.start();
     this.#timer = setInterval(() => void this.#tick(), this.config.telemetryIntervalMs);
-    // A device may run for months: twice a day it renews its certificate when due.
+    // A device may run for months: twice a day (by default) it renews its certificate when due.
     this.#certificateInUse = this.#identity.certificatePem;
-    this.#renewer = setInterval(() => void this.#renewIfDue().catch((error: unknown) => this.#log({ msg: 'certificate renewal failed', error: String(error) })), RENEW_CHECK_MS);
+    this.#renewer = setInterval(() => void this.#renewIfDue().catch((error: unknown) => this.#log({ msg: 'certificate renewal failed', error: String(error) })), this.#options.renewal?.everyMs ?? RENEW_CHECK_MS);
     this.#renewer.unref();
     this.#options.onAlive?.('ready');
   }

@@ -4,11 +4,16 @@ import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Agent } from '../../deploy/agent/agent.js';
+import { parseAgentConfig } from '../../deploy/agent/config.js';
 import { CERT_FILE, ensureEnrolled, KEY_FILE } from '../../deploy/agent/enrol.js';
 import { Controller } from '../../deploy/controller/controller.js';
 import { createCsr } from '../../deploy/fleet/pki/csr.js';
 import { generateSigningKey } from '../../models/keys.js';
-import { freePort } from '../support/wait.js';
+import { createRoot, signRoot } from '../../models/trust/root.js';
+import { TrustStore } from '../../models/trust/trust-store.js';
+import { SYSROOTS } from '../support/sysroots.js';
+import { freePort, until } from '../support/wait.js';
 
 // A device renews its certificate before it expires without a new token: over TLS with the
 // certificate itself, which must be the one the controller last issued to it. An old (replaced)
@@ -79,4 +84,32 @@ describe('certificate renewal', () => {
     expect(kept.certificatePem).toBe(first.certificatePem);
     expect(String(lines[0]?.['msg'])).toMatch(/renewal failed; the current one serves/u);
   });
+
+  it('a running agent renews on its timer, reconnects, and its telemetry goes on', async () => {
+    const d = await device('robot-d');
+    const rootKey = generateSigningKey();
+    const pub = { keyid: rootKey.keyid, publicKey: rootKey.publicKey };
+    await TrustStore.init(path.join(d.dir, 'trust'), signRoot(createRoot({ version: 1, expires: new Date(Date.now() + 86_400_000), roles: { root: { keys: [pub], threshold: 1 }, models: { keys: [pub], threshold: 1 }, deploy: { keys: [pub], threshold: 1 } } }), [rootKey]));
+    const config = parseAgentConfig({ fleet: 'warehouse', device: 'robot-d', broker: controller.urls.broker, controller: controller.urls.enrol, ca: 'ca.pem', token: 'token', state: 'state', trust: 'trust', models: 'models', telemetry: { interval: '200ms', spool: '1MiB' } }, path.join(d.dir, 'agent.yaml'));
+    const lines: Record<string, unknown>[] = [];
+    // Every certificate counts as due (400 days before expiry), checked every 1.5 s: the timer renews.
+    const agent = await Agent.start(config, { sysroot: path.join(SYSROOTS, 'x86-server'), log: (l) => lines.push(l), renewal: { everyMs: 1500, beforeMs: 400 * 86_400_000 } });
+    try {
+      const enrolled = readFileSync(path.join(d.options.state, CERT_FILE), 'utf8');
+      await until(async () => ((await controller.registry.get('robot-d'))?.telemetrySequence ?? 0) > 0, 20_000);
+      await until(() => lines.some((l) => l['msg'] === 'certificate renewed'), 20_000);
+      const renewedAt = lines.findIndex((l) => l['msg'] === 'certificate renewed');
+      expect(readFileSync(path.join(d.options.state, CERT_FILE), 'utf8')).not.toBe(enrolled);
+      // The connection was dropped and made again, with the new certificate in the client's options.
+      await until(() => lines.slice(renewedAt).some((l) => l['msg'] === 'connected'), 20_000);
+      const before = (await controller.registry.get('robot-d'))?.telemetrySequence ?? 0;
+      await until(async () => ((await controller.registry.get('robot-d'))?.telemetrySequence ?? 0) > before + 2, 20_000);
+      expect((await controller.registry.get('robot-d'))?.state).toBe('online');
+      // The enrolled certificate was replaced: it renews nothing any more.
+      const csr = createCsr({ privateKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, commonName: 'robot-d' });
+      expect(await renew({ csr }, { cert: enrolled, key: readFileSync(path.join(d.options.state, KEY_FILE), 'utf8') })).toEqual({ status: 403, code: 'EAI_FLEET_RENEW' });
+    } finally {
+      await agent.stop();
+    }
+  }, 60_000);
 });
