@@ -24,7 +24,7 @@ import { Spool } from '../fleet/spool.js';
 import { deviceTopic } from '../fleet/topics.js';
 import type { AgentConfig } from './config.js';
 import { ensureEnrolled, type DeviceIdentity } from './enrol.js';
-import { deployModel, resumeDeployments, type DeploymentContext } from './deployment.js';
+import { deployModel, markReported, resumeDeployments, type DeploymentContext } from './deployment.js';
 import { describeHardware } from './hardware.js';
 import { noDelay } from '../fleet/no-delay.js';
 import { Publisher } from './publisher.js';
@@ -363,6 +363,9 @@ export class Agent {
       this.#log({ msg: 'command failed', sequence: admitted.sequence, code, error: error instanceof Error ? error.message : String(error) });
       await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.FAILED, code, message: error instanceof Error ? error.message : String(error), timeUnixMs: this.#now() });
     }
+    // The outcome is spooled: a restart need not report this deployment again.
+    const deploymentId = admitted.action === 'deploy' ? admitted.command.deploy?.deploymentId : undefined;
+    if (deploymentId) await markReported(this.config.state, deploymentId).catch((error: unknown) => this.#log({ msg: 'deployment record not updated', deploymentId, error: String(error) }));
   }
 
   async #execute(admitted: AdmittedCommand): Promise<string> {

@@ -36,6 +36,15 @@ import { BundleDownload, bundleTransfer } from './ota-download.js';
  * brought the device down), unless it is the model's first version, which has nothing to go back
  * to: that one runs its health window again. The store's own A/B switch guarantees the active
  * version is always a complete, verified one.
+ *
+ * The outcome reaches the controller even across a kill: a finished record is marked `reported`
+ * only once its final event and ack are in the spool, and a start finds any finished record not
+ * so marked and reports it again (the controller takes repeats). Without that, an agent killed
+ * between writing "rolled-back" and spooling the event left its rollout waiting for it forever
+ * (found by bench/agent-crash.ts). A start also removes what finished deployments left in
+ * downloads/ (their verified bundles; partial downloads except the newest failed one per model,
+ * which a new deployment of the same bundle resumes) and all but the newest KEEP_FINISHED
+ * finished records.
  */
 export type Phase = 'downloading' | 'installing' | 'activating' | 'health-check' | 'committed' | 'rolled-back' | 'failed';
 
@@ -52,7 +61,14 @@ export interface DeploymentRecord {
   readonly code?: string;
   /** The Deploy message (protobuf, base64): what a resumed deployment continues with. */
   readonly deploy: string;
+  /** A finished deployment's final event and ack are in the spool. */
+  readonly reported?: boolean;
 }
+
+/** Finished deployment records kept (for `aios` to show, and for the reports above); older ones go. */
+const KEEP_FINISHED = 16;
+
+const FINISHED: readonly Phase[] = ['committed', 'rolled-back', 'failed'];
 
 export interface DeploymentContext {
   readonly client: MqttClient;
@@ -115,25 +131,90 @@ export async function resumeDeployments(ctx: DeploymentContext, finished?: (reco
     } catch {
       continue;
     }
-    if (record.phase === 'committed' || record.phase === 'rolled-back' || record.phase === 'failed') continue;
+    if (FINISHED.includes(record.phase)) {
+      if (record.reported === true) continue;
+      // Finished, but killed before the outcome was spooled: say it again.
+      const P = aios.fleet.v1.DeploymentProgress.Phase;
+      const phase = record.phase === 'committed' ? P.COMMITTED : record.phase === 'rolled-back' ? P.ROLLED_BACK : P.FAILED;
+      await ctx.progress({ deploymentId: record.deploymentId, model: record.model, version: record.version, phase, ...(record.code === undefined ? {} : { code: record.code }), ...(record.reason === undefined ? {} : { reason: record.reason }) }, record.phase === 'committed' ? aios.fleet.v1.Event.Severity.INFO : aios.fleet.v1.Event.Severity.ERROR);
+      await finished?.(record, record.phase === 'committed' ? { ok: true, message: `${record.model} ${record.version} committed after its health window` } : { ok: false, error: new FleetError(record.code ?? 'EAI_INTERNAL', `${record.model} ${record.version}: ${record.reason ?? record.phase}.`) });
+      await markReported(ctx.state, record.deploymentId);
+      outcomes.push({ deploymentId: record.deploymentId, outcome: `${record.phase}, reported again` });
+      continue;
+    }
     if ((record.phase === 'activating' || record.phase === 'health-check') && record.previous !== undefined) {
       // The new version may be what brought the device down: back to the one that ran before.
       const reason = 'the agent restarted before the new version passed its health window';
       await rollBack(ctx, record, 'EAI_OTA_INTERRUPTED', reason);
       outcomes.push({ deploymentId: record.deploymentId, outcome: 'rolled back' });
       await finished?.(record, { ok: false, error: new FleetError('EAI_OTA_INTERRUPTED', `${record.model} ${record.version} was rolled back: ${reason}.`) });
+      await markReported(ctx.state, record.deploymentId);
       continue;
     }
     try {
       const message = await continueDeployment(ctx, record);
       outcomes.push({ deploymentId: record.deploymentId, outcome: message });
       await finished?.(record, { ok: true, message });
+      await markReported(ctx.state, record.deploymentId);
     } catch (error) {
       outcomes.push({ deploymentId: record.deploymentId, outcome: `failed: ${error instanceof Error ? error.message : String(error)}` });
-      if (!(error instanceof FleetError && error.code === 'EAI_OTA_CANCELLED')) await finished?.(record, { ok: false, error });
+      if (!(error instanceof FleetError && error.code === 'EAI_OTA_CANCELLED')) {
+        await finished?.(record, { ok: false, error });
+        await markReported(ctx.state, record.deploymentId);
+      }
     }
   }
+  await tidy(ctx.state);
   return outcomes;
+}
+
+/** Marks a finished deployment's outcome as spooled (after its final ack); does nothing for an unfinished or unknown one. */
+export async function markReported(state: string, deploymentId: string): Promise<void> {
+  const file = path.join(state, 'deployments', `${safe(deploymentId)}.json`);
+  let record: DeploymentRecord;
+  try {
+    record = JSON.parse(await readFile(file, 'utf8')) as DeploymentRecord;
+  } catch {
+    return;
+  }
+  if (!FINISHED.includes(record.phase) || record.reported === true) return;
+  await writeFileAtomic(file, `${JSON.stringify({ ...record, reported: true }, null, 2)}\n`, { mode: 0o600 });
+  await tidy(state);
+}
+
+/**
+ * What finished deployments leave behind: their records beyond the newest KEEP_FINISHED (reported
+ * ones only), and download files no unfinished deployment needs, except the partial download of
+ * the newest failed deployment of each model (deploying the same bundle again resumes it).
+ */
+async function tidy(state: string): Promise<void> {
+  const dir = path.join(state, 'deployments');
+  const records: DeploymentRecord[] = [];
+  for (const name of (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'))) {
+    try {
+      records.push(JSON.parse(await readFile(path.join(dir, name), 'utf8')) as DeploymentRecord);
+    } catch {
+      // Unreadable: left for a person to look at.
+    }
+  }
+  records.sort((a, b) => b.sequence - a.sequence);
+  const finished = records.filter((r) => FINISHED.includes(r.phase));
+  for (const old of finished.slice(KEEP_FINISHED)) if (old.reported === true) await rm(path.join(dir, `${safe(old.deploymentId)}.json`), { force: true });
+  const keep = new Set<string>();
+  const resumable = new Set<string>();
+  const newestPerModel = new Set<string>();
+  for (const r of records) {
+    const sha = aios.fleet.v1.Deploy.decode(Buffer.from(r.deploy, 'base64')).bundleSha256;
+    if (!FINISHED.includes(r.phase)) keep.add(sha);
+    else if (r.phase === 'failed' && !newestPerModel.has(r.model)) resumable.add(sha);
+    newestPerModel.add(r.model);
+  }
+  const downloads = path.join(state, 'downloads');
+  for (const name of await readdir(downloads).catch(() => [] as string[])) {
+    const sha = /^([0-9a-f]{64})\.(bundle|part|progress)$/u.exec(name);
+    if (sha === null || keep.has(sha[1] as string) || (sha[2] !== 'bundle' && resumable.has(sha[1] as string))) continue;
+    await rm(path.join(downloads, name), { force: true });
+  }
 }
 
 async function continueDeployment(ctx: DeploymentContext, start: DeploymentRecord): Promise<string> {
@@ -252,6 +333,8 @@ async function rollBack(ctx: DeploymentContext, record: DeploymentRecord, code: 
   const updated: DeploymentRecord = { ...record, phase: record.previous === undefined && active?.version === record.version ? 'failed' : 'rolled-back', code, reason };
   await mkdir(path.join(ctx.state, 'deployments'), { recursive: true, mode: 0o700 });
   await writeFileAtomic(path.join(ctx.state, 'deployments', `${safe(record.deploymentId)}.json`), `${JSON.stringify(updated, null, 2)}\n`, { mode: 0o600 });
+  // The verified bundle is not needed any more: its files are in the store's slot, or refused.
+  await rm(path.join(ctx.state, 'downloads', `${aios.fleet.v1.Deploy.decode(Buffer.from(record.deploy, 'base64')).bundleSha256}.bundle`), { force: true });
   ctx.log({ msg: 'deployment rolled back', deployment: record.deploymentId, model: record.model, from: record.version, to: now?.version, code, reason });
   await ctx.progress({ deploymentId: record.deploymentId, model: record.model, version: record.version, phase: P.ROLLED_BACK, code, reason }, aios.fleet.v1.Event.Severity.ERROR);
 }

@@ -91,9 +91,14 @@ export class CommandQueue extends EventEmitter<{ update: [CommandRecord] }> {
           sent.length = 0;
           for (const item of batch) {
             // The row lock of this UPDATE is what keeps two controller replicas from issuing one number twice.
-            const row = await tx.get<{ last_sequence: number }>('UPDATE devices SET last_sequence = last_sequence + 1 WHERE device_id = ? RETURNING last_sequence', item.deviceId);
+            const row = await tx.get<{ last_sequence: number }>('UPDATE devices SET last_sequence = last_sequence + 1 WHERE device_id = ? AND revoked_ms IS NULL RETURNING last_sequence', item.deviceId);
             if (row === undefined) {
-              item.reject(new FleetError('EAI_FLEET_DEVICE_UNKNOWN', `device '${item.deviceId}' is not enrolled in fleet ${this.#options.fleet}; list devices with \`aios fleet devices\`.`, { details: { deviceId: item.deviceId } }));
+              const revoked = (await tx.get('SELECT device_id FROM devices WHERE device_id = ?', item.deviceId)) !== undefined;
+              item.reject(
+                revoked
+                  ? new FleetError('EAI_FLEET_DEVICE_REVOKED', `device '${item.deviceId}' is revoked: it gets no commands. Enrol it again with a token made for it to bring it back (\`aios fleet token --device ${item.deviceId}\`).`, { details: { deviceId: item.deviceId } })
+                  : new FleetError('EAI_FLEET_DEVICE_UNKNOWN', `device '${item.deviceId}' is not enrolled in fleet ${this.#options.fleet}; list devices with \`aios fleet devices\`.`, { details: { deviceId: item.deviceId } }),
+              );
               continue;
             }
             const sequence = row.last_sequence;

@@ -19,6 +19,7 @@ import { KeyRelease } from './key-release.js';
 import { wholeNumber } from '../fleet/wire.js';
 import { CommandQueue } from './commands.js';
 import { Deployments } from './deployments.js';
+import { Revocations, CRL_FILE } from './revocations.js';
 import { Rollouts } from './rollouts.js';
 import { BundleServer } from './ota-server.js';
 import { openControllerStore } from './database.js';
@@ -37,7 +38,8 @@ import { enrolmentHandler, operatorHandler } from './http-api.js';
  * State folder: `ca.pem` and `ca.key` (0600: whoever holds it can admit devices), `server.pem`
  * / `server.key` (broker and enrolment TLS), `controller.pem` / `controller.key` (its MQTT
  * identity; `<name>.pem` / `<name>.key` for a replica named otherwise), `controller.db` (unless
- * the store is PostgreSQL), `bundles/`.
+ * the store is PostgreSQL), `bundles/`, `crl.pem` (revoked device certificates, for an external
+ * broker: revocations.ts).
  *
  * Replicas: several controllers of one fleet share a PostgreSQL store and an external broker.
  * Each has its own MQTT name (`aios-controller-2`, …, listed in the broker's ACL) and joins the
@@ -95,6 +97,7 @@ export class Controller {
   readonly enrolment: Enrolment;
   readonly deployments: Deployments;
   readonly rollouts: Rollouts;
+  readonly revocations: Revocations;
   /** The verifier: undefined when the controller was started without attestation reference values. */
   readonly attestations: Attestations | undefined;
   readonly ca: CertificateAuthority;
@@ -106,7 +109,7 @@ export class Controller {
   readonly #servers: (http.Server | https.Server)[];
   readonly urls: { readonly broker: string; readonly enrol: string; readonly api: string };
 
-  private constructor(parts: { fleet: string; db: ControllerStore; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; deployments: Deployments; rollouts: Rollouts; attestations: Attestations | undefined; bundles: BundleServer; ticker: NodeJS.Timeout; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
+  private constructor(parts: { fleet: string; db: ControllerStore; ca: CertificateAuthority; registry: DeviceRegistry; commands: CommandQueue; enrolment: Enrolment; deployments: Deployments; rollouts: Rollouts; revocations: Revocations; attestations: Attestations | undefined; bundles: BundleServer; ticker: NodeJS.Timeout; client: MqttClient; broker: FleetBroker | undefined; servers: (http.Server | https.Server)[]; urls: Controller['urls'] }) {
     this.fleet = parts.fleet;
     this.#db = parts.db;
     this.ca = parts.ca;
@@ -115,6 +118,7 @@ export class Controller {
     this.enrolment = parts.enrolment;
     this.deployments = parts.deployments;
     this.rollouts = parts.rollouts;
+    this.revocations = parts.revocations;
     this.attestations = parts.attestations;
     this.#bundles = parts.bundles;
     this.#ticker = parts.ticker;
@@ -132,10 +136,21 @@ export class Controller {
     const db = await openControllerStore(options.state, options.store);
     const now = options.now ?? Date.now;
     const share = (options.sharedSubscriptions ?? (db.shared && options.broker !== undefined)) ? SHARE_GROUP : undefined;
+    let revocations: Revocations;
+    try {
+      revocations = await Revocations.open(db, { ca, crlFile: path.join(options.state, CRL_FILE), now });
+    } catch (error) {
+      await db.close();
+      throw error;
+    }
     const broker =
       options.broker === undefined
-        ? await FleetBroker.start({ fleet, controllers: options.controllers ?? [DEFAULT_CONTROLLER], tls: { cert: server.cert, key: server.key, ca: ca.certificatePem }, host: options.brokerHost ?? '0.0.0.0', port: options.brokerPort ?? 8883, onRefusal: (r) => log({ msg: 'broker refused', ...r }) })
+        ? await FleetBroker.start({ fleet, controllers: options.controllers ?? [DEFAULT_CONTROLLER], tls: { cert: server.cert, key: server.key, ca: ca.certificatePem }, host: options.brokerHost ?? '0.0.0.0', port: options.brokerPort ?? 8883, onRefusal: (r) => log({ msg: 'broker refused', ...r }), revoked: (serial) => revocations.certificateRevoked(serial) })
         : undefined;
+    revocations.onRevoked((d) => {
+      log({ msg: 'device revoked', device: d.deviceId, reason: d.reason });
+      broker?.disconnect(d.deviceId);
+    });
     const brokerUrl = options.broker ?? (broker as FleetBroker).url.replace('mqtts://0.0.0.0:', 'mqtts://127.0.0.1:');
     let client: MqttClient;
     try {
@@ -151,7 +166,7 @@ export class Controller {
     }
     noDelay(client);
     client.on('connect', () => noDelay(client));
-    const registry = new DeviceRegistry(db, { fleet, now, onDrop: (why) => log({ msg: 'dropped', why }) });
+    const registry = new DeviceRegistry(db, { fleet, now, onDrop: (why) => log({ msg: 'dropped', why }), revoked: (device) => revocations.deviceRevoked(device) !== undefined });
     const commands = new CommandQueue(db, {
       fleet,
       keys: options.deployKeys,
@@ -187,8 +202,11 @@ export class Controller {
     // A restarted controller picks up running rollouts; a periodic tick also catches progress that
     // arrived while no event came (a device that commits while the controller restarts).
     let attesting = false;
+    let ticks = 0;
     const ticker = setInterval(() => {
       void rollouts.tick();
+      // Replicas learn each other's revocations from the store; one controller only renews its CRL.
+      if (db.shared || ++ticks % 30 === 0) revocations.refresh().catch((error: unknown) => log({ msg: 'revocations not refreshed', error: String(error) }));
       // The lead also challenges devices whose appraisal is due: a small share each tick, so that
       // signing the commands and appraising the answers never stalls the controller for long.
       if (verifier !== undefined && !attesting) {
@@ -201,22 +219,22 @@ export class Controller {
       }
     }, 2000);
     ticker.unref();
-    const bundles = await BundleServer.start({ client, fleet, bundles: (query) => deployments.bundleFor(query), ...(share === undefined ? {} : { share }) });
+    const bundles = await BundleServer.start({ client, fleet, bundles: (query) => (revocations.deviceRevoked(query.device) === undefined ? deployments.bundleFor(query) : undefined), ...(share === undefined ? {} : { share }) });
     client.on('message', (topic, payload) => {
       // The bundle server handles ota/request itself.
       if (topic.endsWith('/ota/request')) return;
       if (topic.endsWith('/attestation')) {
         const where = parseDeviceTopic(topic);
-        if (verifier !== undefined && where?.fleet === fleet && where.channel === 'attestation') verifier.receive(where.device, payload).catch((error: unknown) => log({ msg: 'attestation appraisal failed', device: where.device, error: String(error) }));
+        if (verifier !== undefined && where?.fleet === fleet && where.channel === 'attestation' && revocations.deviceRevoked(where.device) === undefined) verifier.receive(where.device, payload).catch((error: unknown) => log({ msg: 'attestation appraisal failed', device: where.device, error: String(error) }));
         return;
       }
       registry.ingest(topic, payload);
     });
     for (const channel of ['birth', 'status', 'telemetry', 'events', 'acks', 'attestation'] as const) await client.subscribeAsync(sharedFilter(share, everyDevice(fleet, channel)), { qos: 1 });
-    const enrolment = new Enrolment(db, { fleet, ca, now, ...(options.ekRoots === undefined ? {} : { ekRoots: options.ekRoots }), ...(options.requireTpm === undefined ? {} : { requireTpm: options.requireTpm }) });
+    const enrolment = new Enrolment(db, { fleet, ca, now, onEnrolled: () => revocations.refresh(), ...(options.ekRoots === undefined ? {} : { ekRoots: options.ekRoots }), ...(options.requireTpm === undefined ? {} : { requireTpm: options.requireTpm }) });
     // Client certificates are asked for, not required: enrolment has none yet, renewal shows its current one.
     const enrolServer = https.createServer({ cert: server.cert, key: server.key, minVersion: 'TLSv1.2', ca: ca.certificatePem, requestCert: true, rejectUnauthorized: false }, enrolmentHandler(enrolment, log));
-    const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment, deployments, rollouts }, log));
+    const apiServer = http.createServer(operatorHandler({ registry, commands, enrolment, deployments, rollouts, revocations }, log));
     try {
       await listen(enrolServer, options.enrolPort ?? 8443, options.enrolHost ?? '0.0.0.0', 'enrolment (HTTPS)', '--enrol-port');
       await listen(apiServer, options.apiPort ?? 8080, options.apiHost ?? '127.0.0.1', 'the operator API', '--api-port');
@@ -234,7 +252,7 @@ export class Controller {
     const urls = { broker: brokerUrl, enrol: at(enrolServer, 'https'), api: at(apiServer, 'http') };
     log({ msg: 'controller started', fleet, name, store: db.location, sharedSubscriptions: share !== undefined, ...urls });
     void rollouts.tick();
-    return new Controller({ fleet, db, ca, registry, commands, enrolment, deployments, rollouts, attestations, bundles, ticker, client, broker, servers: [enrolServer, apiServer], urls });
+    return new Controller({ fleet, db, ca, registry, commands, enrolment, deployments, rollouts, revocations, attestations, bundles, ticker, client, broker, servers: [enrolServer, apiServer], urls });
   }
 
   /** The bundle server's counters (chunks sent, refused requests, the most in flight). */

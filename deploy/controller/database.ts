@@ -153,6 +153,21 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE rollouts ADD COLUMN stage_started_ms INTEGER;
   `,
+  // Every certificate issued to a device, so that revoking the device revokes all of them (an
+  // older one may still be valid after a renewal), and the revocation list they make.
+  `
+  CREATE TABLE device_certificates (
+    serial        TEXT PRIMARY KEY,          -- hex, as X509Certificate.serialNumber writes it
+    device_id     TEXT NOT NULL,
+    issued_ms     INTEGER NOT NULL,
+    not_after_ms  INTEGER NOT NULL,          -- past this it is refused anyway and leaves the CRL
+    revoked_ms    INTEGER,
+    reason        TEXT                       -- keyCompromise | cessationOfOperation | unspecified
+  );
+  CREATE INDEX device_certificates_device ON device_certificates (device_id);
+  ALTER TABLE devices ADD COLUMN revoked_ms INTEGER;
+  ALTER TABLE devices ADD COLUMN revoked_reason TEXT;
+  `,
 ];
 
 const newer = (where: string) => (current: number, known: number): Error =>

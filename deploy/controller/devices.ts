@@ -36,6 +36,8 @@ export interface DeviceSummary {
   readonly attestedUnixMs?: number;
   /** The first reason of an appraisal that was not `trusted`. */
   readonly attestationReason?: string;
+  /** Set when the device was revoked (`aios fleet revoke`): its certificates no longer connect. */
+  readonly revoked?: { readonly atUnixMs: number; readonly reason: string };
 }
 
 /** The keys a device registered at enrolment, which its attestation evidence must be signed with. */
@@ -98,6 +100,7 @@ export class DeviceRegistry {
   #queue: Received[] = [];
   #draining: Promise<void> | undefined;
   #waiters: (() => void)[] = [];
+  readonly #revoked: (deviceId: string) => boolean;
   /**
    * Telemetry waiting to be written: only the latest record per device matters, and writing all
    * of them in one transaction every FLUSH_MS (rather than one fsynced transaction per message) is
@@ -107,8 +110,9 @@ export class DeviceRegistry {
   #flushing: Promise<void> = Promise.resolve();
   readonly #flusher: NodeJS.Timeout;
 
-  constructor(db: ControllerStore, options: { readonly fleet: string; readonly now?: () => number; readonly onDrop?: (why: string) => void }) {
+  constructor(db: ControllerStore, options: { readonly fleet: string; readonly now?: () => number; readonly onDrop?: (why: string) => void; readonly revoked?: (deviceId: string) => boolean }) {
     this.#db = db;
+    this.#revoked = options.revoked ?? (() => false);
     this.#fleet = options.fleet;
     this.#now = options.now ?? Date.now;
     this.#onDrop = options.onDrop ?? (() => undefined);
@@ -147,6 +151,8 @@ export class DeviceRegistry {
     const parsed = parseDeviceTopic(topic);
     if (parsed === undefined || parsed.fleet !== this.#fleet) return this.#drop(`a message on ${topic.slice(0, 200)}, outside fleet ${this.#fleet}'s device tree`);
     if (parsed.channel === 'ota/request' || parsed.channel === 'attestation') return; // the bundle server's, the verifier's
+    // An external broker keeps a revoked device's connection until it reconnects: what it sends meanwhile counts for nothing.
+    if (this.#revoked(parsed.device)) return this.#drop(`a message from '${parsed.device}', which is revoked`);
     this.#queue.push({ device: parsed.device, channel: parsed.channel, payload, at: this.#now() });
     this.#draining ??= this.#drain();
   }
@@ -379,6 +385,8 @@ interface DeviceRow {
   attestation_status: 'trusted' | 'untrusted' | 'stale' | null;
   attestation_ms: number | null;
   attestation_result: string | null;
+  revoked_ms: number | null;
+  revoked_reason: string | null;
 }
 
 function summary(row: DeviceRow): DeviceSummary {
@@ -405,6 +413,7 @@ function summary(row: DeviceRow): DeviceSummary {
     ...(row.attestation_status === null ? {} : { attestationStatus: row.attestation_status }),
     ...(row.attestation_ms === null ? {} : { attestedUnixMs: row.attestation_ms }),
     ...(firstReason(row.attestation_result) ?? {}),
+    ...(row.revoked_ms == null ? {} : { revoked: { atUnixMs: row.revoked_ms, reason: row.revoked_reason ?? 'unspecified' } }),
   };
 }
 

@@ -4,6 +4,7 @@ import { FleetError } from '../fleet/errors.js';
 import { issueCertificate, type CertificateAuthority } from '../fleet/pki/certificate.js';
 import { parseCsr } from '../fleet/pki/csr.js';
 import { isTopicLevel, topicLevel } from '../fleet/topics.js';
+import { Revocations } from './revocations.js';
 import type { ControllerStore } from './store.js';
 import { answerChallenge, checkTpmKeys, issueChallenge, type TpmChallenge, type TpmEnrolmentRequest } from './tpm-enrolment.js';
 
@@ -25,6 +26,8 @@ export interface EnrolmentOptions {
   readonly ca: CertificateAuthority;
   /** Device certificates' validity; default 365 days (bounded by the CA's). */
   readonly certificateDays?: number;
+  /** After a device enrolled (the controller refreshes its revocations: the device may have been revoked before). */
+  readonly onEnrolled?: (deviceId: string) => Promise<void>;
   /** The controller clock, ms. Default Date.now. */
   readonly now?: () => number;
   /** TPM makers' CA certificates (PEM): when given, a TPM must show an EK certificate issued by one. */
@@ -75,6 +78,7 @@ export class Enrolment {
   readonly #now: () => number;
   readonly #ekRoots: readonly X509Certificate[];
   readonly #requireTpm: boolean;
+  readonly #onEnrolled: (deviceId: string) => Promise<void>;
 
   constructor(db: ControllerStore, options: EnrolmentOptions) {
     this.#db = db;
@@ -84,6 +88,7 @@ export class Enrolment {
     this.#now = options.now ?? Date.now;
     this.#ekRoots = (options.ekRoots ?? []).map((pem) => new X509Certificate(pem));
     this.#requireTpm = options.requireTpm ?? false;
+    this.#onEnrolled = options.onEnrolled ?? (async () => undefined);
   }
 
   /** A new single-use token, valid for `validForMs`; bound to `deviceId` when given. */
@@ -159,7 +164,11 @@ export class Enrolment {
         tpm === undefined ? spki : Buffer.from(tpm.akPublic),
         tpm === undefined ? null : Buffer.from(tpm.ekPublic),
       );
+      await Revocations.issued(tx, deviceId, certificatePem, now);
+      // A token made for a revoked device is the operator bringing it back (a repaired board).
+      await Revocations.reinstate(tx, deviceId);
     });
+    await this.#onEnrolled(deviceId);
     return { deviceId, fleet: this.#fleet, certificatePem, caCertificatePem: this.#ca.certificatePem, labels: token.labels };
   }
 
@@ -177,13 +186,17 @@ export class Enrolment {
     if (presented.subject !== `CN=${deviceId}`) throw refuse(`the TLS client certificate names ${presented.subject}, the request ${deviceId}`);
     const now = this.#now();
     if (Date.parse(presented.validTo) < now) throw refuse('the presented certificate has expired: enrol again with a token');
-    const row = await this.#db.get<{ certificate_pem: string; labels: string }>('SELECT certificate_pem, labels FROM devices WHERE device_id = ?', deviceId);
+    const row = await this.#db.get<{ certificate_pem: string; labels: string; revoked_ms: number | null }>('SELECT certificate_pem, labels, revoked_ms FROM devices WHERE device_id = ?', deviceId);
     if (row === undefined) throw refuse('no such device is enrolled');
+    if (row.revoked_ms !== null) throw refuse(`the device was revoked at ${new Date(row.revoked_ms).toISOString()}; only a new enrolment with a token made for it brings it back`);
     if (!new X509Certificate(row.certificate_pem).raw.equals(presented.raw)) throw refuse('the presented certificate is not the one last issued to this device (it was replaced or re-enrolled)');
     const spki = request.publicKey.export({ type: 'spki', format: 'der' });
     const certificatePem = issueCertificate({ ca: this.#ca, subjectPublicKey: request.publicKey, commonName: deviceId, validDays: this.#days, usage: 'client', now: new Date(now) });
-    const changed = await this.#db.run('UPDATE devices SET certificate_pem = ?, key_sha256 = ? WHERE device_id = ? AND certificate_pem = ?', certificatePem, createHash('sha256').update(spki).digest('hex'), deviceId, row.certificate_pem);
-    if (changed !== 1) throw refuse('another renewal of this device won at the same moment');
+    await this.#db.transaction(async (tx) => {
+      const changed = await tx.run('UPDATE devices SET certificate_pem = ?, key_sha256 = ? WHERE device_id = ? AND certificate_pem = ? AND revoked_ms IS NULL', certificatePem, createHash('sha256').update(spki).digest('hex'), deviceId, row.certificate_pem);
+      if (changed !== 1) throw refuse('another renewal (or a revocation) of this device won at the same moment');
+      await Revocations.issued(tx, deviceId, certificatePem, now);
+    });
     const labels = JSON.parse(row.labels) as Record<string, string>;
     return { deviceId, fleet: this.#fleet, certificatePem, caCertificatePem: this.#ca.certificatePem, labels };
   }

@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import type { TLSSocket } from 'node:tls';
 import { parseIdentityFile, type X25519Identity } from '../../models/bundle/age/keys.js';
 import { FleetError } from '../fleet/errors.js';
+import type { DeviceRevocationReason, Revocations } from './revocations.js';
 import type { Rollouts, RolloutSpec, StageSpec } from './rollouts.js';
 
 /**
@@ -112,6 +113,7 @@ export interface OperatorApi {
   readonly enrolment: Enrolment;
   readonly deployments: Deployments;
   readonly rollouts: Rollouts;
+  readonly revocations: Revocations;
 }
 
 export function operatorHandler(api: OperatorApi, log: (line: Record<string, unknown>) => void): (req: IncomingMessage, res: ServerResponse) => void {
@@ -120,6 +122,7 @@ export function operatorHandler(api: OperatorApi, log: (line: Record<string, unk
       const path = url(req).pathname.split('/').filter((p) => p !== '').map(decodeURIComponent);
       if (req.method === 'GET' && path.join('/') === 'v1/devices') return reply(200, { devices: await api.registry.list() });
       if (req.method === 'GET' && path.join('/') === 'v1/commands') return reply(200, { commands: await api.commands.list() });
+      if (req.method === 'GET' && path.join('/') === 'v1/revocations') return reply(200, { devices: api.revocations.revokedDevices(), crl: api.revocations.crlFile });
       if (path[0] === 'v1' && path[1] === 'rollouts') return rolloutRoute(api, req, path.slice(2), log);
       if (path.join('/') === 'v1/tokens') {
         if (req.method === 'GET') return reply(200, { tokens: await api.enrolment.tokens() });
@@ -144,6 +147,17 @@ export function operatorHandler(api: OperatorApi, log: (line: Record<string, unk
         const device = await api.registry.get(id);
         if (device === undefined) return reply(404, { error: { code: 'EAI_FLEET_DEVICE_UNKNOWN', message: `device '${id}' is not enrolled` } });
         if (req.method === 'GET' && path.length === 3) return reply(200, { device, events: await api.registry.events(id, 50), commands: await api.commands.list(id, 50) });
+        if (req.method === 'POST' && path.length === 4 && path[3] === 'revoke') {
+          const body = (await readJson(req)) as { reason?: unknown };
+          try {
+            const revoked = await api.revocations.revoke(id, (typeof body.reason === 'string' ? body.reason : 'unspecified') as DeviceRevocationReason);
+            log({ msg: 'device revoked', device: id, reason: revoked.reason, certificates: revoked.certificates });
+            return reply(200, { revoked });
+          } catch (error) {
+            if (error instanceof AiosError) return reply(400, { error: { code: error.code, message: error.message } });
+            throw error;
+          }
+        }
         if (req.method === 'POST' && path.length === 4 && path[3] === 'commands') {
           const body = (await readJson(req)) as Record<string, unknown> & { ttlMs?: unknown };
           const { ttlMs, ...action } = body;

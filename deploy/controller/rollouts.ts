@@ -115,7 +115,7 @@ export class Rollouts extends EventEmitter<{ update: [RolloutStatus] }> {
     if (spec.requireAttestation === true && !this.#attesting) problems.push('requireAttestation needs a controller that appraises attestation (aios controller start --trust-root …)');
     if (problems.length > 0) throw new FleetError('EAI_FLEET_ROLLOUT_INVALID', `the rollout cannot start: ${problems.join('; ')}.`, { details: { problems } });
     await this.#deployments.get(spec.deploymentId); // throws for an unknown deployment
-    const devices = (await this.#registry.list()).filter((d) => matches(d, spec.target)).map((d) => d.deviceId).sort();
+    const devices = (await this.#registry.list()).filter((d) => d.revoked === undefined && matches(d, spec.target)).map((d) => d.deviceId).sort();
     if (devices.length === 0) throw new FleetError('EAI_FLEET_ROLLOUT_INVALID', 'no enrolled device matches the rollout target; check the labels with aios fleet devices.', { details: { target: spec.target } });
     const id = `rollout-${randomBytes(4).toString('hex')}`;
     const now = this.#now();

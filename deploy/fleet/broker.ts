@@ -14,7 +14,9 @@ import { FleetError } from './errors.js';
  *    persistent session (and the commands queued in it) or disconnect it by reusing its id;
  *  - a last will must be one the client could publish itself (its own status topic);
  *  - a publish outside the ACL closes the client's connection (aedes does this; MQTT 3.1.1 has no
- *    way to refuse one publish), a subscription outside it is answered with the failure code 0x80.
+ *    way to refuse one publish), a subscription outside it is answered with the failure code 0x80;
+ *  - a certificate `revoked` says is revoked is refused at connect, and `disconnect` ends the
+ *    connection of a client revoked while connected.
  *
  * Sessions and retained messages live in memory: a controller restart loses them, and the
  * controller re-sends what devices have not acknowledged from its own store. For a broker that
@@ -29,6 +31,8 @@ export interface FleetBrokerOptions extends FleetAclOptions {
   readonly port?: number;
   /** Told about every refusal, for the controller's log (no secrets: names and topics only). */
   readonly onRefusal?: (refusal: Refusal) => void;
+  /** Whether a client certificate (its serial number, hex) is revoked. */
+  readonly revoked?: (serial: string) => boolean;
 }
 
 export interface Refusal {
@@ -51,12 +55,14 @@ export class FleetBroker {
   readonly #server: tls.Server;
   readonly #names = new WeakMap<Client, string>();
   readonly #onRefusal: (refusal: Refusal) => void;
+  readonly #revoked: (serial: string) => boolean;
 
-  private constructor(acl: FleetAcl, aedes: Aedes, server: tls.Server, onRefusal: (refusal: Refusal) => void) {
+  private constructor(acl: FleetAcl, aedes: Aedes, server: tls.Server, onRefusal: (refusal: Refusal) => void, revoked: (serial: string) => boolean) {
     this.acl = acl;
     this.#aedes = aedes;
     this.#server = server;
     this.#onRefusal = onRefusal;
+    this.#revoked = revoked;
   }
 
   static async start(options: FleetBrokerOptions): Promise<FleetBroker> {
@@ -67,7 +73,7 @@ export class FleetBroker {
       { cert: options.tls.cert, key: options.tls.key, ca: options.tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2', noDelay: true },
       (socket) => aedes.handle(socket),
     );
-    const broker = new FleetBroker(acl, aedes, server, options.onRefusal ?? (() => undefined));
+    const broker = new FleetBroker(acl, aedes, server, options.onRefusal ?? (() => undefined), options.revoked ?? (() => false));
     broker.#install();
     // A failed handshake (no certificate, another CA) never reaches MQTT; count it. With a
     // listener, Node leaves closing the socket to us, and a TLS 1.3 client that already sent its
@@ -94,6 +100,14 @@ export class FleetBroker {
     return this.#aedes.connectedClients;
   }
 
+  /** Ends the connection of the client named `name` (its certificate's), if it is connected. */
+  disconnect(name: string): boolean {
+    const client = (this.#aedes as unknown as { clients: Record<string, Client | undefined> }).clients[name];
+    if (client === undefined) return false;
+    client.close();
+    return true;
+  }
+
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.#aedes.close(() => resolve()));
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
@@ -109,7 +123,9 @@ export class FleetBroker {
           ? `certificate name '${name ?? '(none)'}' is not a device or controller name of fleet ${this.acl.fleet}`
           : client.id !== name
             ? `client id '${client.id}' is not its certificate name '${name}'`
-            : undefined;
+            : this.#revoked(certificateSerial(client))
+              ? `certificate ${certificateSerial(client)} of '${name}' is revoked`
+              : undefined;
       if (reason !== undefined) {
         this.#refuse('connect', name ?? client.id, reason);
         const error = new Error(reason) as AuthenticateError;
@@ -158,6 +174,10 @@ function certificateName(client: Client): string | undefined {
   const cn = socket.getPeerCertificate().subject?.CN;
   // Several CNs (an array here) make the name ambiguous: refused.
   return typeof cn === 'string' ? cn : undefined;
+}
+
+function certificateSerial(client: Client): string {
+  return (client.conn as TLSSocket).getPeerCertificate().serialNumber ?? '';
 }
 
 /** Listens, or FleetError EAI_FLEET_LISTEN naming the address and the option that moves it. */

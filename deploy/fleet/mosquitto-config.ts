@@ -26,6 +26,12 @@ export interface MosquittoConfigOptions {
   readonly certfile: string;
   readonly keyfile: string;
   readonly aclFile: string;
+  /**
+   * The controller's revocation list (`crl.pem` in its state folder, deploy/controller/
+   * revocations.ts): revoked devices' certificates fail the handshake. Mosquitto re-reads it on
+   * SIGHUP (tested with 2.0.11) and will not start while it is missing.
+   */
+  readonly crlfile?: string;
   /** Default /var/lib/mosquitto/; undefined keeps Mosquitto's own default. */
   readonly persistenceLocation?: string | null;
   /**
@@ -65,6 +71,7 @@ export function mosquittoConfig(options: MosquittoConfigOptions): MosquittoConfi
     `cafile ${options.cafile}`,
     `certfile ${options.certfile}`,
     `keyfile ${options.keyfile}`,
+    ...(options.crlfile === undefined ? [] : [`crlfile ${options.crlfile}`]),
     'require_certificate true',
     'use_identity_as_username true',
     // The certificate name becomes the client id too: no client can take over another's session.

@@ -8,7 +8,7 @@ import { startMosquitto, type Mosquitto } from './wait.js';
  * (TLS with client certificates, the fleet ACL), on a free loopback port, its files in a fresh
  * folder under `parent`.
  */
-export async function startFleetMosquitto(binary: string, parent: string, options: { readonly fleet: string; readonly caPem: string; readonly certPem: string; readonly keyPem: string; readonly controllers?: readonly string[] }): Promise<Mosquitto & { readonly tlsUrl: string }> {
+export async function startFleetMosquitto(binary: string, parent: string, options: { readonly fleet: string; readonly caPem: string; readonly certPem: string; readonly keyPem: string; readonly controllers?: readonly string[]; readonly crlfile?: string }): Promise<Mosquitto & { readonly tlsUrl: string }> {
   const dir = mkdtempSync(path.join(parent, 'mosquitto-'));
   const files = { cafile: path.join(dir, 'ca.pem'), certfile: path.join(dir, 'broker.pem'), keyfile: path.join(dir, 'broker.key'), aclFile: path.join(dir, 'fleet.acl') };
   writeFileSync(files.cafile, options.caPem);
@@ -17,7 +17,7 @@ export async function startFleetMosquitto(binary: string, parent: string, option
   const broker = await startMosquitto(binary, {
     dir,
     config: (port) => {
-      const { conf, acl } = mosquittoConfig({ fleet: options.fleet, port, bind: '127.0.0.1', persistenceLocation: null, ...(options.controllers === undefined ? {} : { controllers: options.controllers }), ...files });
+      const { conf, acl } = mosquittoConfig({ fleet: options.fleet, port, bind: '127.0.0.1', persistenceLocation: null, ...(options.controllers === undefined ? {} : { controllers: options.controllers }), ...(options.crlfile === undefined ? {} : { crlfile: options.crlfile }), ...files });
       writeFileSync(files.aclFile, acl);
       return conf;
     },

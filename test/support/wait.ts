@@ -38,6 +38,8 @@ export interface Mosquitto {
   readonly port: number;
   readonly url: string;
   stop(): void;
+  /** SIGHUP: Mosquitto re-reads its configuration's files (the CRL among them). */
+  reload(): void;
 }
 
 export interface MosquittoOptions {
@@ -66,5 +68,5 @@ export async function startMosquitto(binary: string, options: MosquittoOptions =
   }
   const child = spawn(binary, args, { stdio: 'ignore' });
   await waitForPort(port);
-  return { port, url: `mqtt://127.0.0.1:${port}`, stop: () => void child.kill('SIGTERM') };
+  return { port, url: `mqtt://127.0.0.1:${port}`, stop: () => void child.kill('SIGTERM'), reload: () => void child.kill('SIGHUP') };
 }

@@ -20,6 +20,7 @@ interface BrokerConfigOptions {
   cafile: string;
   certfile: string;
   keyfile: string;
+  crlfile: string | false;
   controller: string[];
   persistence: string;
   force?: boolean;
@@ -136,6 +137,8 @@ Example:
     .addOption(new Option('--cafile <path>', 'the fleet CA certificate, as the broker host sees it').default('/etc/aios/fleet-ca.pem'))
     .addOption(new Option('--certfile <path>', "the broker's server certificate").default('/etc/aios/broker.pem'))
     .addOption(new Option('--keyfile <path>', "the broker's private key").default('/etc/aios/broker.key'))
+    .addOption(new Option('--crlfile <path>', "the controller's revocation list (crl.pem in its state folder); reload the broker when it changes (deploy/systemd/aios-crl-reload.path)").default('/var/lib/aios/controller/crl.pem'))
+    .option('--no-crlfile', 'leave revocation out (a broker on another host without a copy of crl.pem); revoked devices then connect until their certificates expire')
     .addOption(new Option('--controller <name>', 'certificate name of a controller (repeat for replicas)').argParser(collectList).default([]))
     .addOption(new Option('--persistence <dir>', 'where Mosquitto keeps sessions and queued commands').default('/var/lib/mosquitto/'))
     .option('--force', 'overwrite existing files')
@@ -158,6 +161,7 @@ Example:
         cafile: options.cafile,
         certfile: options.certfile,
         keyfile: options.keyfile,
+        ...(options.crlfile === false ? {} : { crlfile: options.crlfile }),
         aclFile,
         persistenceLocation: options.persistence,
       });

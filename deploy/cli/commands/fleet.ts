@@ -46,6 +46,7 @@ export function fleetCommand(): Command {
       const d = answer.device;
       const lines = [
         `${d.deviceId}  ${d.state}${d.lastSeenUnixMs === undefined ? '' : `, last seen ${new Date(d.lastSeenUnixMs).toISOString()}`}`,
+        ...(d.revoked === undefined ? [] : [`REVOKED at ${new Date(d.revoked.atUnixMs).toISOString()} (${d.revoked.reason}): its certificates no longer connect`]),
         `runtime ${d.runtimeVersion ?? '?'}; labels ${Object.entries(d.labels).map(([k, v]) => `${k}=${v}`).join(' ') || '-'}`,
         `accelerators ${d.accelerators.join(', ') || '-'}`,
         `models ${d.models.map((m) => `${m.model} ${m.active}${m.previous === '' ? '' : ` (previous ${m.previous})`}`).join(', ') || '-'}`,
@@ -139,6 +140,19 @@ Examples:
       if (options.json === true) return void process.stdout.write(`${JSON.stringify(rollouts, null, 2)}\n`);
       if (rollouts.length === 0) return void process.stdout.write('no rollouts yet (aios fleet deploy <bundle>)\n');
       process.stdout.write(`${table(['rollout', 'model', 'state', 'stage', 'committed', 'failed', 'reason'], rollouts.map((r) => [r.id, `${r.model} ${r.version}`, r.state, `${r.stage + 1}/${r.stages.length} ${r.stages[r.stage]?.name ?? ''}`, String(r.stages.reduce((n, s) => n + s.committed, 0)), String(r.stages.reduce((n, s) => n + s.failed, 0)), r.reason ?? '']))}\n`);
+    });
+
+  fleet
+    .command('revoke')
+    .description("revoke a device (stolen, scrapped, key leaked): its certificates stop connecting, it gets no commands, what it still sends is ignored; enrolling it again with a token made for it brings it back")
+    .argument('<device>', 'device id')
+    .addOption(new Option('--reason <reason>', 'recorded in the CRL').choices(['keyCompromise', 'cessationOfOperation', 'unspecified']).default('unspecified'))
+    .addOption(api())
+    .option('--json', 'print the revocation as JSON')
+    .action(async (device: string, options: ApiOptions & { reason: string }) => {
+      const { revoked } = (await call(options.api, 'POST', `/v1/devices/${encodeURIComponent(device)}/revoke`, { reason: options.reason })) as { revoked: { deviceId: string; revokedUnixMs: number; reason: string; certificates: number } };
+      if (options.json === true) return void process.stdout.write(`${JSON.stringify(revoked, null, 2)}\n`);
+      process.stdout.write(`${revoked.deviceId} revoked (${revoked.reason}) at ${new Date(revoked.revokedUnixMs).toISOString()}: ${revoked.certificates} certificate${revoked.certificates === 1 ? '' : 's'} in the controller's crl.pem; an external broker refuses them once it re-reads it (Mosquitto: SIGHUP)\n`);
     });
 
   for (const [verb, description] of [
@@ -235,7 +249,7 @@ function renderDevices(devices: readonly DeviceSummary[]): string {
     ['device', 'state', 'attested', 'runtime', 'models', 'pipelines', 'cpu', 'memory', 'temp', 'accelerators'],
     devices.map((d) => [
       d.deviceId,
-      d.state,
+      d.revoked === undefined ? d.state : 'revoked',
       attested(d),
       d.runtimeVersion ?? '-',
       d.models.map((m) => `${m.model}@${m.active}`).join(' ') || '-',

@@ -144,7 +144,7 @@ export function checkName(value: string, what: string): string {
 
 // ---------------------------------------------------------------------------------------------
 
-interface Authority {
+export interface Authority {
   readonly privateKey: KeyObject;
   /** The CA certificate's subject exactly as encoded there, so issuer and subject match byte for byte. */
   readonly subject: Buffer;
@@ -152,7 +152,8 @@ interface Authority {
   readonly notAfter: Date;
 }
 
-function readAuthority(ca: CertificateAuthority): Authority {
+/** The CA's key, subject Name (DER), key identifier and expiry, checked to belong together. */
+export function readAuthority(ca: CertificateAuthority): Authority {
   let der: Buffer;
   let certificate: X509Certificate;
   let privateKey: KeyObject;
@@ -197,7 +198,7 @@ function signCertificate(caKey: KeyObject, issuer: Buffer, subject: Buffer, vali
   return toPem('CERTIFICATE', sequence(tbs, algorithm, bitString(signWith('p256', caKey, tbs))));
 }
 
-function extension(id: string, critical: boolean, value: Buffer): Buffer {
+export function extension(id: string, critical: boolean, value: Buffer): Buffer {
   // DER leaves out a BOOLEAN equal to its DEFAULT (FALSE).
   return sequence(oid(id), ...(critical ? [boolean(true)] : []), octetString(value));
 }

@@ -1,4 +1,4 @@
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
@@ -62,5 +62,35 @@ describe('a deployment interrupted by a restart', () => {
     expect(finished).toEqual([{ sequence: 7, ok: false, code: 'EAI_OTA_INTERRUPTED' }]);
     // Done once: a second start finds it finished.
     expect(await resumeDeployments(ctx)).toEqual([]);
+  });
+
+  it('finished but killed before its outcome was spooled: reported again, once; what finished deployments left is tidied', async () => {
+    const state = path.join(tmp, 'agent-unreported');
+    const deployments = path.join(state, 'deployments');
+    const downloads = path.join(state, 'downloads');
+    mkdirSync(deployments, { recursive: true });
+    mkdirSync(downloads, { recursive: true });
+    const sha = (n: number): string => n.toString(16).padStart(64, '0');
+    const write = (r: Omit<DeploymentRecord, 'format' | 'deploy'>, bundle: number): void =>
+      writeFileSync(path.join(deployments, `${r.deploymentId}.json`), JSON.stringify({ format: 'aios-deployment/1', ...r, deploy: Buffer.from(aios.fleet.v1.Deploy.encode({ deploymentId: r.deploymentId, model: r.model, version: r.version, bundleSha256: sha(bundle) }).finish()).toString('base64') }));
+    // Twenty old, reported deployments; then one rolled back whose event never reached the spool;
+    // then a failed download of another model (its .part is what a new deployment resumes).
+    for (let i = 1; i <= 20; i++) write({ deploymentId: `face-${i}`, sequence: i, model: 'face', version: `${i}.0.0`, phase: 'committed', reported: true }, i);
+    write({ deploymentId: 'face-21', sequence: 21, model: 'face', version: '21.0.0', previous: '20.0.0', phase: 'rolled-back', code: 'EAI_OTA_UNHEALTHY', reason: 'p99 over the limit' }, 21);
+    write({ deploymentId: 'lidar-1', sequence: 22, model: 'lidar', version: '1.0.0', phase: 'failed', code: 'EAI_OTA_TIMEOUT', reason: 'no chunk', reported: true }, 22);
+    for (const name of [`${sha(21)}.bundle`, `${sha(5)}.bundle`, `${sha(5)}.part`, `${sha(22)}.part`, `${sha(22)}.progress`, `${sha(99)}.part`, 'notes.txt']) writeFileSync(path.join(downloads, name), 'x');
+    const events: aios.fleet.v1.IDeploymentProgress[] = [];
+    const finished: { sequence: number; ok: boolean; code?: string }[] = [];
+    const ctx = { state, progress: async (p: aios.fleet.v1.IDeploymentProgress) => void events.push(p), log: () => undefined } as unknown as DeploymentContext;
+    const outcomes = await resumeDeployments(ctx, async (r, outcome) => void finished.push({ sequence: r.sequence, ok: outcome.ok, ...(outcome.ok ? {} : { code: (outcome.error as { code?: string }).code }) }));
+    expect(outcomes).toEqual([{ deploymentId: 'face-21', outcome: 'rolled-back, reported again' }]);
+    expect(events).toMatchObject([{ deploymentId: 'face-21', phase: aios.fleet.v1.DeploymentProgress.Phase.ROLLED_BACK, code: 'EAI_OTA_UNHEALTHY', reason: 'p99 over the limit' }]);
+    expect(finished).toEqual([{ sequence: 21, ok: false, code: 'EAI_OTA_UNHEALTHY' }]);
+    // Once: the next start has nothing to say.
+    expect(await resumeDeployments(ctx)).toEqual([]);
+    expect(events).toHaveLength(1);
+    // The newest 16 finished records stay; the failed download's partial files stay; the rest goes.
+    expect(readdirSync(deployments).sort()).toEqual([...Array.from({ length: 14 }, (_, i) => `face-${i + 7}.json`), 'face-21.json', 'lidar-1.json'].sort());
+    expect(readdirSync(downloads).sort()).toEqual([`${sha(22)}.part`, `${sha(22)}.progress`, 'notes.txt'].sort());
   });
 });
