@@ -384,15 +384,19 @@ describe('bundle transfer: resume, verification and failures (embedded broker)',
     await settle(); // late answers reach the client with no download listening
   }
 
-  it('a .part altered on disk and a record claiming chunks it lacks: re-verification finds both, only those are fetched again', async () => {
-    const d = identity('robot-verify');
+  /** A device that fetched half of a fresh 2 MiB bundle in 32 KiB chunks, then cancelled. */
+  async function halfFetched(name: string): Promise<{ d: Identity; client: MqttClient; dir: string; bundle: Bundle; chunks: number; base: string }> {
+    const d = identity(name);
     const client = await connect(broker.url, d);
     const dir = freshDir();
     const bundle = await makeBundle(2 * 1024 * 1024, 32 * 1024);
     serve(ctl, bundle);
-    const chunks = bundle.transfer.chunkSha256.length;
     await half(client, d.name, bundle, dir);
-    const base = path.join(dir, bundle.transfer.bundleSha256);
+    return { d, client, dir, bundle, chunks: bundle.transfer.chunkSha256.length, base: path.join(dir, bundle.transfer.bundleSha256) };
+  }
+
+  it('a .part altered on disk and a record claiming chunks it lacks: re-verification finds both, only those are fetched again', async () => {
+    const { d, client, dir, bundle, chunks, base } = await halfFetched('robot-verify');
     const record = readFileSync(`${base}.progress`, 'utf8');
     const held = claimed(record, chunks);
     // The record claims exactly the chunks on disk, and they are good.
@@ -418,14 +422,7 @@ describe('bundle transfer: resume, verification and failures (embedded broker)',
   });
 
   it('an unreadable record: every chunk of the .part is hashed, and only the missing ones are fetched', async () => {
-    const d = identity('robot-garbled');
-    const client = await connect(broker.url, d);
-    const dir = freshDir();
-    const bundle = await makeBundle(2 * 1024 * 1024, 32 * 1024);
-    serve(ctl, bundle);
-    const chunks = bundle.transfer.chunkSha256.length;
-    await half(client, d.name, bundle, dir);
-    const base = path.join(dir, bundle.transfer.bundleSha256);
+    const { d, client, dir, bundle, chunks, base } = await halfFetched('robot-garbled');
     const onDisk = goodChunks(`${base}.part`, bundle);
     writeFileSync(`${base}.progress`, '{"format":"aios-ota-progress/1","have":\u0000garbage');
     const again = download(client, d.name, bundle, dir);
@@ -435,14 +432,7 @@ describe('bundle transfer: resume, verification and failures (embedded broker)',
   });
 
   it('a record saved before the last chunks were written (a run killed between saves): those chunks are kept, not fetched again', async () => {
-    const d = identity('robot-unsaved');
-    const client = await connect(broker.url, d);
-    const dir = freshDir();
-    const bundle = await makeBundle(2 * 1024 * 1024, 32 * 1024);
-    serve(ctl, bundle);
-    const chunks = bundle.transfer.chunkSha256.length;
-    await half(client, d.name, bundle, dir);
-    const base = path.join(dir, bundle.transfer.bundleSha256);
+    const { d, client, dir, bundle, chunks, base } = await halfFetched('robot-unsaved');
     const onDisk = goodChunks(`${base}.part`, bundle);
     // The record as the first save of a run left it: nothing claimed yet.
     const record = JSON.parse(readFileSync(`${base}.progress`, 'utf8')) as { have: string };
