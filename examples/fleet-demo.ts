@@ -9,7 +9,8 @@
  * release key the controller holds, is rolled out canary first, then to everyone: each trusted
  * device downloads it in chunks, gets the key after a fresh trusted appraisal, verifies and
  * decrypts it, swaps it into its running pipeline, watches it for a health window and commits;
- * the untrusted one downloads it too, and never gets the key. Prints the fleet before and after.
+ * the untrusted one downloads it too, and never gets the key. Prints the fleet before and after;
+ * then the operator revokes the untrusted device, and the broker cuts it off.
  *
  * Run: make run (or: npx tsc -p tsconfig.json && node dist/examples/fleet-demo.js [--keep DIR])
  * Everything lives in a temporary folder (kept with --keep, to look at the controller's database,
@@ -146,6 +147,14 @@ try {
     const released = (await controller.commands.list(t.deviceId)).some((c) => c.action === 'releaseKey');
     say(`  ${t.deviceId}: ${t.phase.toLowerCase().replace(/_/gu, ' ')}, model key ${released ? 'released' : 'withheld (attestation not trusted)'}`);
   }
+
+  // The operator decides x86-01 was tampered with and revokes it: its certificate goes into the
+  // controller's CRL, the broker drops it and refuses it from then on.
+  const revoked = await controller.revocations.revoke('x86-01', 'keyCompromise');
+  await until(async () => (await controller.registry.get('x86-01'))?.state !== 'online', 10_000).catch(() => undefined);
+  say(`
+x86-01 revoked (${revoked.reason}): ${revoked.certificates} certificate in ${path.relative(work, controller.revocations.crlFile)}, disconnected, refused from now on`);
+  say(fleetTable(await controller.registry.list()));
 } finally {
   for (const a of agents) await a.stop();
   await controller.stop();
@@ -161,7 +170,7 @@ function fleetTable(devices: readonly DeviceSummary[]): string {
   for (const d of devices) {
     rows.push([
       d.deviceId,
-      d.state,
+      d.revoked === undefined ? d.state : 'revoked',
       `${d.attestationStatus ?? '-'} (${d.attestation ?? '?'})`,
       d.accelerators.join(' '),
       d.models.map((m) => `${m.model} ${m.active}`).join(' ') || '-',
