@@ -24,6 +24,7 @@ import { Spool } from '../fleet/spool.js';
 import { deviceTopic } from '../fleet/topics.js';
 import type { AgentConfig } from './config.js';
 import { ensureEnrolled, type DeviceIdentity } from './enrol.js';
+import { CommandJournal } from './command-journal.js';
 import { deployModel, markReported, resumeDeployments, type DeploymentContext } from './deployment.js';
 import { describeHardware } from './hardware.js';
 import { noDelay } from '../fleet/no-delay.js';
@@ -84,6 +85,7 @@ export class Agent {
   readonly #store: ModelStore;
   readonly #decrypt: DecryptFactory | undefined;
   #resumed = false;
+  readonly #journal: CommandJournal;
   /** Connections to the broker so far: tells the controller a reconnect (re-send what is unacknowledged) from an updated birth. */
   #connections = 0;
   readonly #abort = new AbortController();
@@ -136,6 +138,7 @@ export class Agent {
     this.#client = parts.client;
     this.#pipelines = parts.pipelines;
     this.#bootId = parts.bootId;
+    this.#journal = new CommandJournal(config.state);
     this.#startedAt = this.#now();
     this.#publisher = new Publisher(parts.spool, parts.client, { window: 16, log: this.#log });
   }
@@ -266,6 +269,7 @@ export class Agent {
         // In the command queue: a resumed deployment and new commands never run at once.
         this.#commandQueue = this.#commandQueue
           .then(async () => {
+            await this.#answerInterrupted();
             const outcomes = await resumeDeployments(this.#deployment(), async (record, outcome) => {
               // The Deploy command was accepted before the restart: its final ack comes now.
               const R = aios.fleet.v1.CommandAck.Result;
@@ -353,6 +357,7 @@ export class Agent {
     }
     this.#log({ msg: 'command accepted', sequence: admitted.sequence, action: admitted.action });
     await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.ACCEPTED, timeUnixMs: this.#now() });
+    await this.#journal.begin({ sequence: admitted.sequence, action: admitted.action, startedUnixMs: this.#now() });
     try {
       const message = await this.#execute(admitted);
       await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.DONE, message, timeUnixMs: this.#now() });
@@ -363,7 +368,8 @@ export class Agent {
       this.#log({ msg: 'command failed', sequence: admitted.sequence, code, error: error instanceof Error ? error.message : String(error) });
       await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.FAILED, code, message: error instanceof Error ? error.message : String(error), timeUnixMs: this.#now() });
     }
-    // The outcome is spooled: a restart need not report this deployment again.
+    // The outcome is spooled: a restart need not report this command or deployment again.
+    await this.#journal.end(admitted.sequence);
     const deploymentId = admitted.action === 'deploy' ? admitted.command.deploy?.deploymentId : undefined;
     if (deploymentId) await markReported(this.config.state, deploymentId).catch((error: unknown) => this.#log({ msg: 'deployment record not updated', deploymentId, error: String(error) }));
   }
@@ -551,6 +557,19 @@ export class Agent {
   async #republishBirth(): Promise<void> {
     if (!this.#client.connected) return;
     await this.#client.publishAsync(deviceTopic(this.config.fleet, this.config.device, 'birth'), Buffer.from(await this.#birth()), { qos: 1, retain: true });
+  }
+
+  /** Commands an earlier run accepted and never finished (command-journal.ts): answered FAILED now, deployments excepted. */
+  async #answerInterrupted(): Promise<void> {
+    for (const entry of await this.#journal.unfinished()) {
+      if (entry.action !== 'deploy') {
+        const message = `the agent stopped (crash, power cut or kill) while carrying out ${entry.action} (command ${entry.sequence}, started ${new Date(entry.startedUnixMs).toISOString()}); whether it took effect is unknown. Pipelines restart from their configuration; send the command again if it is still wanted.`;
+        this.#log({ msg: 'command interrupted', sequence: entry.sequence, action: entry.action });
+        await this.#ack({ sequence: entry.sequence, result: aios.fleet.v1.CommandAck.Result.FAILED, code: 'EAI_AGENT_INTERRUPTED', message, timeUnixMs: this.#now() });
+      }
+      // A deployment answers for itself when it resumes (deployment.ts).
+      await this.#journal.end(entry.sequence);
+    }
   }
 
   async #ack(ack: aios.fleet.v1.ICommandAck): Promise<void> {

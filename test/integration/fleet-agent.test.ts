@@ -1,5 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
@@ -149,6 +149,27 @@ describe('a device agent and the fleet controller', () => {
     await startAgent(config); // second boot: the certificate is on disk, no token needed
     expect((await controller.commands.until('robot-2', sent.sequence, ['done', 'failed', 'rejected'], 15_000)).status).toBe('done');
     await until(async () => (await controller.registry.get('robot-2'))?.state === 'online', 10_000);
+  });
+
+  it('a command cut short by a crash is answered FAILED (EAI_AGENT_INTERRUPTED) at the next start; a deployment answers for itself', async () => {
+    const config = await provision('robot-4');
+    const agent = await startAgent(config);
+    await until(async () => (await controller.registry.get('robot-4'))?.state === 'online', 15_000);
+    await agent.stop();
+    // What a run killed in the middle of two commands leaves in its journal.
+    const journal = path.join(config.state, 'commands');
+    mkdirSync(journal, { recursive: true });
+    writeFileSync(path.join(journal, '41.json'), JSON.stringify({ sequence: 41, action: 'setConfig', startedUnixMs: Date.now() - 5000 }));
+    writeFileSync(path.join(journal, '42.json'), JSON.stringify({ sequence: 42, action: 'deploy', startedUnixMs: Date.now() - 4000 }));
+    writeFileSync(path.join(journal, 'garbage.json'), '{');
+    const acks: aios.fleet.v1.CommandAck[] = [];
+    controller.registry.onAck((_tx, d, ack) => void (d === 'robot-4' ? acks.push(ack) : undefined));
+    await startAgent(config);
+    await until(() => acks.some((a) => Number(a.sequence) === 41), 15_000);
+    expect(acks.find((a) => Number(a.sequence) === 41)).toMatchObject({ result: aios.fleet.v1.CommandAck.Result.FAILED, code: 'EAI_AGENT_INTERRUPTED' });
+    expect(acks.find((a) => Number(a.sequence) === 41)?.message).toMatch(/while carrying out setConfig/u);
+    expect(acks.filter((a) => Number(a.sequence) === 42)).toEqual([]);
+    await until(() => readdirSync(journal).length === 0, 5000);
   });
 
   it('aios fleet: a token from the CLI enrols a device; devices and show report it and its commands', async () => {
