@@ -25,7 +25,7 @@ import { deviceTopic } from '../fleet/topics.js';
 import type { AgentConfig } from './config.js';
 import { ensureEnrolled, type DeviceIdentity } from './enrol.js';
 import { CommandJournal } from './command-journal.js';
-import { deployModel, markReported, resumeDeployments, type DeploymentContext } from './deployment.js';
+import { beginDeployment, deployModel, markReported, resumeDeployments, type DeploymentContext } from './deployment.js';
 import { describeHardware } from './hardware.js';
 import { noDelay } from '../fleet/no-delay.js';
 import { Publisher } from './publisher.js';
@@ -357,7 +357,8 @@ export class Agent {
     }
     this.#log({ msg: 'command accepted', sequence: admitted.sequence, action: admitted.action });
     await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.ACCEPTED, timeUnixMs: this.#now() });
-    await this.#journal.begin({ sequence: admitted.sequence, action: admitted.action, startedUnixMs: this.#now() });
+    const deploy = admitted.action === 'deploy' && admitted.command.deploy != null ? Buffer.from(aios.fleet.v1.Deploy.encode(admitted.command.deploy).finish()).toString('base64') : undefined;
+    await this.#journal.begin({ sequence: admitted.sequence, action: admitted.action, startedUnixMs: this.#now(), ...(deploy === undefined ? {} : { deploy }) });
     try {
       const message = await this.#execute(admitted);
       await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.DONE, message, timeUnixMs: this.#now() });
@@ -559,10 +560,13 @@ export class Agent {
     await this.#client.publishAsync(deviceTopic(this.config.fleet, this.config.device, 'birth'), Buffer.from(await this.#birth()), { qos: 1, retain: true });
   }
 
-  /** Commands an earlier run accepted and never finished (command-journal.ts): answered FAILED now, deployments excepted. */
+  /** Commands an earlier run accepted and never finished (command-journal.ts): answered FAILED now; a deployment is resumed instead. */
   async #answerInterrupted(): Promise<void> {
     for (const entry of await this.#journal.unfinished()) {
-      if (entry.action !== 'deploy') {
+      if (entry.action === 'deploy' && entry.deploy !== undefined) {
+        // Killed before its record existed: begun now, and resumeDeployments carries it out.
+        await beginDeployment(this.#deployment(), aios.fleet.v1.Deploy.decode(Buffer.from(entry.deploy, 'base64')), entry.sequence);
+      } else if (entry.action !== 'deploy') {
         const message = `the agent stopped (crash, power cut or kill) while carrying out ${entry.action} (command ${entry.sequence}, started ${new Date(entry.startedUnixMs).toISOString()}); whether it took effect is unknown. Pipelines restart from their configuration; send the command again if it is still wanted.`;
         this.#log({ msg: 'command interrupted', sequence: entry.sequence, action: entry.action });
         await this.#ack({ sequence: entry.sequence, result: aios.fleet.v1.CommandAck.Result.FAILED, code: 'EAI_AGENT_INTERRUPTED', message, timeUnixMs: this.#now() });

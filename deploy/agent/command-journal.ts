@@ -7,13 +7,16 @@ import { writeFileAtomic } from '../../models/atomic-write.js';
  * after the ACCEPTED ack is spooled, removed after the final one. What a start finds here was cut
  * short by a crash or a power cut, and its final ack never went out; the agent answers it then
  * (FAILED, EAI_AGENT_INTERRUPTED: its effect is unknown, and a restart reloads pipelines from
- * their files), so the controller does not show it as running forever. Deployments keep their
- * own record and resume (deployment.ts), so they only leave their entry here.
+ * their files), so the controller does not show it as running forever. A deployment keeps its
+ * own record and resumes (deployment.ts); its entry carries the Deploy message, so that one cut
+ * short before its record was written is begun from here instead of being lost.
  */
 export interface JournalEntry {
   readonly sequence: number;
   readonly action: string;
   readonly startedUnixMs: number;
+  /** A deploy command's Deploy message (protobuf, base64). */
+  readonly deploy?: string;
 }
 
 export class CommandJournal {
@@ -40,7 +43,7 @@ export class CommandJournal {
       const file = path.join(this.#dir, name);
       try {
         const e = JSON.parse(await readFile(file, 'utf8')) as Partial<JournalEntry>;
-        if (typeof e.sequence === 'number' && Number.isSafeInteger(e.sequence) && typeof e.action === 'string') entries.push({ sequence: e.sequence, action: e.action, startedUnixMs: Number(e.startedUnixMs ?? 0) });
+        if (typeof e.sequence === 'number' && Number.isSafeInteger(e.sequence) && typeof e.action === 'string') entries.push({ sequence: e.sequence, action: e.action, startedUnixMs: Number(e.startedUnixMs ?? 0), ...(typeof e.deploy === 'string' ? { deploy: e.deploy } : {}) });
         else await rm(file, { force: true });
       } catch {
         await rm(file, { force: true });

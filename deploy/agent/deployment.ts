@@ -103,6 +103,22 @@ export interface DeploymentContext {
 
 /** Carries out `deploy` (already admitted by the CommandGate); resolves with a message for the DONE ack, rejects for FAILED. */
 export async function deployModel(ctx: DeploymentContext, deploy: aios.fleet.v1.Deploy, sequence: number): Promise<string> {
+  return continueDeployment(ctx, await writeFirstRecord(ctx, deploy, sequence));
+}
+
+/**
+ * Writes the first record (phase downloading) of the deployment command `sequence` carries,
+ * unless that command's record exists: what `resumeDeployments` continues. For a deploy command
+ * accepted by a run that was killed before it got this far (command-journal.ts).
+ */
+export async function beginDeployment(ctx: DeploymentContext, deploy: aios.fleet.v1.Deploy, sequence: number): Promise<void> {
+  const file = path.join(ctx.state, 'deployments', `${safe(deploy.deploymentId)}.json`);
+  const existing = await readFile(file, 'utf8').then((t) => JSON.parse(t) as DeploymentRecord, () => undefined);
+  if (existing?.sequence !== sequence) await writeFirstRecord(ctx, deploy, sequence);
+}
+
+async function writeFirstRecord(ctx: DeploymentContext, deploy: aios.fleet.v1.Deploy, sequence: number): Promise<DeploymentRecord> {
+  const file = path.join(ctx.state, 'deployments', `${safe(deploy.deploymentId)}.json`);
   const record: DeploymentRecord = {
     format: 'aios-deployment/1',
     deploymentId: deploy.deploymentId,
@@ -113,7 +129,9 @@ export async function deployModel(ctx: DeploymentContext, deploy: aios.fleet.v1.
     phase: 'downloading',
     deploy: Buffer.from(aios.fleet.v1.Deploy.encode(deploy).finish()).toString('base64'),
   };
-  return continueDeployment(ctx, record);
+  await mkdir(path.join(ctx.state, 'deployments'), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(file, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+  return record;
 }
 
 /**

@@ -1,11 +1,11 @@
-import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MqttClient } from 'mqtt';
 import { afterAll, describe, expect, it } from 'vitest';
-import { resumeDeployments, type DeploymentContext, type DeploymentRecord } from '../../../../deploy/agent/deployment.js';
+import { beginDeployment, resumeDeployments, type DeploymentContext, type DeploymentRecord } from '../../../../deploy/agent/deployment.js';
 import { aios } from '../../../../deploy/proto/gen/aios.js';
 import { packBundle } from '../../../../models/bundle/bundle.js';
 import { fileSource } from '../../../../models/bundle/tar.js';
@@ -92,5 +92,25 @@ describe('a deployment interrupted by a restart', () => {
     // The newest 16 finished records stay; the failed download's partial files stay; the rest goes.
     expect(readdirSync(deployments).sort()).toEqual([...Array.from({ length: 14 }, (_, i) => `face-${i + 7}.json`), 'face-21.json', 'lidar-1.json'].sort());
     expect(readdirSync(downloads).sort()).toEqual([`${sha(22)}.part`, `${sha(22)}.progress`, 'notes.txt'].sort());
+  });
+
+  it('a deploy command accepted by a run killed before its record existed: begun from the journal, once, and not over a newer record', async () => {
+    const state = path.join(tmp, 'agent-journal');
+    const store = await ModelStore.open(path.join(tmp, 'models-journal'));
+    const ctx = { state, store } as unknown as DeploymentContext;
+    const deploy = aios.fleet.v1.Deploy.create({ deploymentId: 'face-9', model: 'face', version: '9.0.0', bundleSha256: 'ab'.repeat(32) });
+    const file = path.join(state, 'deployments', 'face-9.json');
+    await beginDeployment(ctx, deploy, 30);
+    const first = JSON.parse(readFileSync(file, 'utf8')) as DeploymentRecord;
+    expect(first).toMatchObject({ deploymentId: 'face-9', sequence: 30, phase: 'downloading', model: 'face', version: '9.0.0' });
+    expect(aios.fleet.v1.Deploy.decode(Buffer.from(first.deploy, 'base64')).bundleSha256).toBe('ab'.repeat(32));
+    // Already begun (the run got that far): left as it is.
+    writeFileSync(file, JSON.stringify({ ...first, phase: 'installing' }));
+    await beginDeployment(ctx, deploy, 30);
+    expect((JSON.parse(readFileSync(file, 'utf8')) as DeploymentRecord).phase).toBe('installing');
+    // A record of an earlier command for the same deployment (sent again after it ended): replaced.
+    writeFileSync(file, JSON.stringify({ ...first, sequence: 12, phase: 'rolled-back', reported: true }));
+    await beginDeployment(ctx, deploy, 31);
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ sequence: 31, phase: 'downloading' });
   });
 });
