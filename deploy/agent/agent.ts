@@ -348,17 +348,23 @@ export class Agent {
 
   async #command(payload: Buffer): Promise<void> {
     let admitted: AdmittedCommand;
+    let journaled: number | undefined;
     try {
+      // In the journal before its sequence is recorded as seen: once the device has taken a
+      // command, a kill at any moment leaves a trace the next start answers for.
+      const verified = this.#gate.verify(payload);
+      const deploy = verified.action === 'deploy' && verified.command.deploy != null ? Buffer.from(aios.fleet.v1.Deploy.encode(verified.command.deploy).finish()).toString('base64') : undefined;
+      await this.#journal.begin({ sequence: verified.sequence, action: verified.action, startedUnixMs: this.#now(), ...(deploy === undefined ? {} : { deploy }) });
+      journaled = verified.sequence;
       admitted = await this.#gate.admit(payload);
     } catch (error) {
+      if (journaled !== undefined) await this.#journal.end(journaled);
       this.#log({ msg: 'command refused', code: (error as { code?: string }).code, error: error instanceof Error ? error.message : String(error) });
       await this.#ack(rejection(error, sequenceOf(payload), this.#now()));
       return;
     }
     this.#log({ msg: 'command accepted', sequence: admitted.sequence, action: admitted.action });
     await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.ACCEPTED, timeUnixMs: this.#now() });
-    const deploy = admitted.action === 'deploy' && admitted.command.deploy != null ? Buffer.from(aios.fleet.v1.Deploy.encode(admitted.command.deploy).finish()).toString('base64') : undefined;
-    await this.#journal.begin({ sequence: admitted.sequence, action: admitted.action, startedUnixMs: this.#now(), ...(deploy === undefined ? {} : { deploy }) });
     try {
       const message = await this.#execute(admitted);
       await this.#ack({ sequence: admitted.sequence, result: aios.fleet.v1.CommandAck.Result.DONE, message, timeUnixMs: this.#now() });
@@ -563,7 +569,9 @@ export class Agent {
   /** Commands an earlier run accepted and never finished (command-journal.ts): answered FAILED now; a deployment is resumed instead. */
   async #answerInterrupted(): Promise<void> {
     for (const entry of await this.#journal.unfinished()) {
-      if (entry.action === 'deploy' && entry.deploy !== undefined) {
+      if (entry.sequence > this.#gate.lastSequence) {
+        // Killed before the sequence was recorded: the device never took it, and the controller sends it again.
+      } else if (entry.action === 'deploy' && entry.deploy !== undefined) {
         // Killed before its record existed: begun now, and resumeDeployments carries it out.
         await beginDeployment(this.#deployment(), aios.fleet.v1.Deploy.decode(Buffer.from(entry.deploy, 'base64')), entry.sequence);
       } else if (entry.action !== 'deploy') {

@@ -151,25 +151,36 @@ describe('a device agent and the fleet controller', () => {
     await until(async () => (await controller.registry.get('robot-2'))?.state === 'online', 10_000);
   });
 
-  it('a command cut short by a crash is answered FAILED (EAI_AGENT_INTERRUPTED) at the next start; a deployment answers for itself', async () => {
+  it('a command cut short by a crash is answered FAILED (EAI_AGENT_INTERRUPTED) at the next start; a deployment answers for itself; one never taken is left to the controller', async () => {
     const config = await provision('robot-4');
     const agent = await startAgent(config);
     await until(async () => (await controller.registry.get('robot-4'))?.state === 'online', 15_000);
+    // Two commands the device takes (sequences 1 and 2), so that the journal below names taken ones.
+    for (const body of [{ stopPipeline: { name: 'front-camera' } }, { startPipeline: { name: 'front-camera' } }]) {
+      const c = await controller.commands.send('robot-4', body);
+      expect((await controller.commands.until('robot-4', c.sequence, ['done', 'failed', 'rejected'], 15_000)).status).toBe('done');
+    }
     await agent.stop();
-    // What a run killed in the middle of two commands leaves in its journal.
+    // What a run killed in the middle of commands leaves in its journal: a setConfig it took (1),
+    // a deploy it took (2; its deployment resumes on its own), one it was still taking (3: its
+    // sequence never recorded, so the device did not take it) and a torn entry.
     const journal = path.join(config.state, 'commands');
     mkdirSync(journal, { recursive: true });
-    writeFileSync(path.join(journal, '41.json'), JSON.stringify({ sequence: 41, action: 'setConfig', startedUnixMs: Date.now() - 5000 }));
-    writeFileSync(path.join(journal, '42.json'), JSON.stringify({ sequence: 42, action: 'deploy', startedUnixMs: Date.now() - 4000 }));
+    writeFileSync(path.join(journal, '1.json'), JSON.stringify({ sequence: 1, action: 'setConfig', startedUnixMs: Date.now() - 5000 }));
+    writeFileSync(path.join(journal, '2.json'), JSON.stringify({ sequence: 2, action: 'deploy', startedUnixMs: Date.now() - 4000 }));
+    writeFileSync(path.join(journal, '3.json'), JSON.stringify({ sequence: 3, action: 'stopPipeline', startedUnixMs: Date.now() - 3000 }));
     writeFileSync(path.join(journal, 'garbage.json'), '{');
     const acks: aios.fleet.v1.CommandAck[] = [];
     controller.registry.onAck((_tx, d, ack) => void (d === 'robot-4' ? acks.push(ack) : undefined));
     await startAgent(config);
-    await until(() => acks.some((a) => Number(a.sequence) === 41), 15_000);
-    expect(acks.find((a) => Number(a.sequence) === 41)).toMatchObject({ result: aios.fleet.v1.CommandAck.Result.FAILED, code: 'EAI_AGENT_INTERRUPTED' });
-    expect(acks.find((a) => Number(a.sequence) === 41)?.message).toMatch(/while carrying out setConfig/u);
-    expect(acks.filter((a) => Number(a.sequence) === 42)).toEqual([]);
+    await until(() => acks.some((a) => Number(a.sequence) === 1), 15_000);
+    expect(acks.find((a) => Number(a.sequence) === 1)).toMatchObject({ result: aios.fleet.v1.CommandAck.Result.FAILED, code: 'EAI_AGENT_INTERRUPTED' });
+    expect(acks.find((a) => Number(a.sequence) === 1)?.message).toMatch(/while carrying out setConfig/u);
     await until(() => readdirSync(journal).length === 0, 5000);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(acks.filter((a) => Number(a.sequence) !== 1)).toEqual([]);
+    // The controller had its DONE already: a later FAILED does not undo it.
+    expect((await controller.commands.get('robot-4', 1))?.status).toBe('done');
   });
 
   it('aios fleet: a token from the CLI enrols a device; devices and show report it and its commands', async () => {
