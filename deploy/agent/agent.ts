@@ -352,10 +352,13 @@ export class Agent {
     try {
       // In the journal before its sequence is recorded as seen: once the device has taken a
       // command, a kill at any moment leaves a trace the next start answers for.
+      // (A replay is not: it is refused below, and must not touch the entry of the command it copies.)
       const verified = this.#gate.verify(payload);
-      const deploy = verified.action === 'deploy' && verified.command.deploy != null ? Buffer.from(aios.fleet.v1.Deploy.encode(verified.command.deploy).finish()).toString('base64') : undefined;
-      await this.#journal.begin({ sequence: verified.sequence, action: verified.action, startedUnixMs: this.#now(), ...(deploy === undefined ? {} : { deploy }) });
-      journaled = verified.sequence;
+      if (verified.sequence > this.#gate.lastSequence) {
+        const deploy = verified.action === 'deploy' && verified.command.deploy != null ? Buffer.from(aios.fleet.v1.Deploy.encode(verified.command.deploy).finish()).toString('base64') : undefined;
+        await this.#journal.begin({ sequence: verified.sequence, action: verified.action, startedUnixMs: this.#now(), ...(deploy === undefined ? {} : { deploy }) });
+        journaled = verified.sequence;
+      }
       admitted = await this.#gate.admit(payload);
     } catch (error) {
       if (journaled !== undefined) await this.#journal.end(journaled);
