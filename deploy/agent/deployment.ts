@@ -112,26 +112,37 @@ export async function deployModel(ctx: DeploymentContext, deploy: aios.fleet.v1.
  * accepted by a run that was killed before it got this far (command-journal.ts).
  */
 export async function beginDeployment(ctx: DeploymentContext, deploy: aios.fleet.v1.Deploy, sequence: number): Promise<void> {
-  const file = path.join(ctx.state, 'deployments', `${safe(deploy.deploymentId)}.json`);
-  const existing = await readFile(file, 'utf8').then((t) => JSON.parse(t) as DeploymentRecord, () => undefined);
-  if (existing?.sequence !== sequence) await writeFirstRecord(ctx, deploy, sequence);
+  if ((await readRecord(ctx.state, deploy.deploymentId))?.sequence !== sequence) await writeFirstRecord(ctx, deploy, sequence);
 }
 
 async function writeFirstRecord(ctx: DeploymentContext, deploy: aios.fleet.v1.Deploy, sequence: number): Promise<DeploymentRecord> {
-  const file = path.join(ctx.state, 'deployments', `${safe(deploy.deploymentId)}.json`);
+  const previous = (await ctx.store.active(deploy.model).catch(() => undefined))?.version;
   const record: DeploymentRecord = {
     format: 'aios-deployment/1',
     deploymentId: deploy.deploymentId,
     sequence,
     model: deploy.model,
     version: deploy.version,
-    ...((await ctx.store.active(deploy.model).catch(() => undefined))?.version === undefined ? {} : { previous: (await ctx.store.active(deploy.model))?.version as string }),
+    ...(previous === undefined ? {} : { previous }),
     phase: 'downloading',
     deploy: Buffer.from(aios.fleet.v1.Deploy.encode(deploy).finish()).toString('base64'),
   };
-  await mkdir(path.join(ctx.state, 'deployments'), { recursive: true, mode: 0o700 });
-  await writeFileAtomic(file, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+  await writeRecord(ctx.state, record);
   return record;
+}
+
+/** A deployment's record, or undefined when it has none (or it cannot be read). */
+async function readRecord(state: string, deploymentId: string): Promise<DeploymentRecord | undefined> {
+  return readFile(path.join(state, 'deployments', `${safe(deploymentId)}.json`), 'utf8').then(
+    (text) => JSON.parse(text) as DeploymentRecord,
+    () => undefined,
+  );
+}
+
+/** Replaces a deployment's record atomically. */
+async function writeRecord(state: string, record: DeploymentRecord): Promise<void> {
+  await mkdir(path.join(state, 'deployments'), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(path.join(state, 'deployments', `${safe(record.deploymentId)}.json`), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
 }
 
 /**
@@ -188,15 +199,9 @@ export async function resumeDeployments(ctx: DeploymentContext, finished?: (reco
 
 /** Marks a finished deployment's outcome as spooled (after its final ack); does nothing for an unfinished or unknown one. */
 export async function markReported(state: string, deploymentId: string): Promise<void> {
-  const file = path.join(state, 'deployments', `${safe(deploymentId)}.json`);
-  let record: DeploymentRecord;
-  try {
-    record = JSON.parse(await readFile(file, 'utf8')) as DeploymentRecord;
-  } catch {
-    return;
-  }
-  if (!FINISHED.includes(record.phase) || record.reported === true) return;
-  await writeFileAtomic(file, `${JSON.stringify({ ...record, reported: true }, null, 2)}\n`, { mode: 0o600 });
+  const record = await readRecord(state, deploymentId);
+  if (record === undefined || !FINISHED.includes(record.phase) || record.reported === true) return;
+  await writeRecord(state, { ...record, reported: true });
   await tidy(state);
 }
 
@@ -240,8 +245,7 @@ async function continueDeployment(ctx: DeploymentContext, start: DeploymentRecor
   let record = start;
   const save = async (changes: Partial<DeploymentRecord>): Promise<void> => {
     record = { ...record, ...changes };
-    await mkdir(path.join(ctx.state, 'deployments'), { recursive: true, mode: 0o700 });
-    await writeFileAtomic(path.join(ctx.state, 'deployments', `${safe(record.deploymentId)}.json`), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+    await writeRecord(ctx.state, record);
   };
   const progress = (phase: aios.fleet.v1.DeploymentProgress.Phase, extra: Partial<aios.fleet.v1.IDeploymentProgress> = {}): Promise<void> =>
     ctx.progress({ deploymentId: record.deploymentId, model: record.model, version: record.version, phase, ...extra });
@@ -249,7 +253,6 @@ async function continueDeployment(ctx: DeploymentContext, start: DeploymentRecor
   let installed: Slot | undefined;
   try {
     if (record.phase === 'downloading') {
-      await save({});
       const transfer = bundleTransfer(deploy);
       let reported = 0;
       const download = new BundleDownload({
@@ -349,8 +352,7 @@ async function rollBack(ctx: DeploymentContext, record: DeploymentRecord, code: 
     await ctx.catalog.set(record.model, path.join(now.dir, now.entry), now.version).catch((error: unknown) => ctx.log({ msg: 'switching back failed', model: record.model, error: String(error) }));
   }
   const updated: DeploymentRecord = { ...record, phase: record.previous === undefined && active?.version === record.version ? 'failed' : 'rolled-back', code, reason };
-  await mkdir(path.join(ctx.state, 'deployments'), { recursive: true, mode: 0o700 });
-  await writeFileAtomic(path.join(ctx.state, 'deployments', `${safe(record.deploymentId)}.json`), `${JSON.stringify(updated, null, 2)}\n`, { mode: 0o600 });
+  await writeRecord(ctx.state, updated);
   // The verified bundle is not needed any more: its files are in the store's slot, or refused.
   await rm(path.join(ctx.state, 'downloads', `${aios.fleet.v1.Deploy.decode(Buffer.from(record.deploy, 'base64')).bundleSha256}.bundle`), { force: true });
   ctx.log({ msg: 'deployment rolled back', deployment: record.deploymentId, model: record.model, from: record.version, to: now?.version, code, reason });
